@@ -135,12 +135,13 @@ def run_verification(verifier: Verifier, request: VerifyRequest) -> Claims:
         )
     except VerificationError:
         raise
-    except ModuleNotFoundError as exc:
+    except ImportError as exc:  # a platform module absent from this build: fail closed
         if (exc.name or "").startswith("verifier."):
             raise UnsupportedEvidence(
-                f"this verifier build has no support for {request.platform} evidence"
+                f"this verifier build cannot verify or appraise {request.platform} evidence"
             ) from None
-        raise
+        logger.error("verifier failed on %s evidence with ImportError", request.platform)
+        raise MalformedEvidence("the evidence could not be processed") from None
     except Exception as exc:
         logger.error("verifier failed on %s evidence with %s", request.platform, type(exc).__name__)
         logger.debug("verifier failure", exc_info=True)

@@ -88,7 +88,7 @@ def tcb_fields(claims: Claims) -> dict[str, JsonValue]:
     return {
         key: value
         for key, value in claims.details.items()
-        if "tcb" in key.lower() or "svn" in key.lower()
+        if any(part in key.lower() for part in ("tcb", "svn", "firmware"))
     }
 
 
