@@ -73,7 +73,7 @@ POLICY_HIGHEST_DEFINED_BIT = 25
 
 
 def _mbz(data: bytes, start: int, end: int) -> None:
-    if any(data[start:end]):
+    if data.count(0, start, end) != end - start:
         raise MalformedEvidence(
             f"SEV-SNP report bytes 0x{start:03X}..0x{end - 1:03X} are reserved and must be zero"
         )
@@ -353,7 +353,8 @@ class AttestationReport:
         r_le = data[SIGNATURE_OFFSET : SIGNATURE_OFFSET + SIGNATURE_COMPONENT_SIZE]
         s_le = data[SIGNATURE_OFFSET + SIGNATURE_COMPONENT_SIZE : SIGNATURE_USED_END]
         # signature table: R and S are zero-extended little-endian; P-384 uses 48 bytes.
-        if any(r_le[P384_COMPONENT_SIZE:]) or any(s_le[P384_COMPONENT_SIZE:]):
+        high = SIGNATURE_COMPONENT_SIZE - P384_COMPONENT_SIZE
+        if r_le.count(0, P384_COMPONENT_SIZE) != high or s_le.count(0, P384_COMPONENT_SIZE) != high:
             raise MalformedEvidence("signature R or S is wider than a P-384 scalar")
         return cls(
             raw=data,
