@@ -172,7 +172,9 @@ def _b64decode(value: object, name: str) -> bytes:
 
 
 def _b64list(document: Mapping[str, Any], name: str, limit: int) -> tuple[bytes, ...]:
-    value = document.get(name, [])
+    value = document.get(name)
+    if value is None:
+        return ()
     if not isinstance(value, list):
         raise RequestProblem(f"{name} must be a list of base64 strings")
     if len(value) > limit:
