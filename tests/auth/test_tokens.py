@@ -30,9 +30,7 @@ class Directory:
 
 
 def _raw(key: Ed25519PrivateKey) -> bytes:
-    return key.public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw
-    )
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
 @pytest.fixture
@@ -66,7 +64,7 @@ def token(key: Ed25519PrivateKey, **overrides: object) -> str:
 
 
 def test_valid_token_authenticates_and_is_cached(world) -> None:  # type: ignore[no-untyped-def]
-    directory, key, auth = world
+    _directory, key, auth = world
     good = token(key)
     assert auth.authenticate(good).principal.id == "prn_svc"
     assert auth.authenticate(good).principal.id == "prn_svc"
@@ -128,7 +126,9 @@ def test_cached_token_still_expires_and_follows_principal_state(world) -> None: 
 def test_tampered_claims_are_refused(world) -> None:  # type: ignore[no-untyped-def]
     _, key, auth = world
     header, payload, signature = token(key).split(".")
-    other_header, other_payload, _ = token(key, lifetime=200).split(".")
+    _other_header, other_payload, _ = token(key, lifetime=200).split(".")
     with pytest.raises(AuthenticationError):
         auth.authenticate(f"{header}.{other_payload}.{signature}")
-    assert hashlib.sha256(payload.encode()).digest() != hashlib.sha256(other_payload.encode()).digest()
+    assert (
+        hashlib.sha256(payload.encode()).digest() != hashlib.sha256(other_payload.encode()).digest()
+    )

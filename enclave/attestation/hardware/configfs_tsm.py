@@ -9,6 +9,7 @@ means another writer raced us, so the result is discarded and the request retrie
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from dataclasses import dataclass
@@ -84,10 +85,8 @@ class ConfigfsTsm:
             try:
                 result = self._request(entry, report_data, privlevel)
             finally:
-                try:
+                with contextlib.suppress(OSError):
                     self.fs.rmdir(entry)
-                except OSError:
-                    pass
             if result is not None:
                 return result
         raise TsmError("configfs-tsm report kept changing under another writer")

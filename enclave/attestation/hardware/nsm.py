@@ -35,7 +35,10 @@ class NsmClient:
         resp_buf = ctypes.create_string_buffer(NSM_RESPONSE_MAX)
         frame = bytearray(
             NSM_MESSAGE.pack(
-                ctypes.addressof(req_buf), len(encoded), ctypes.addressof(resp_buf), NSM_RESPONSE_MAX
+                ctypes.addressof(req_buf),
+                len(encoded),
+                ctypes.addressof(resp_buf),
+                NSM_RESPONSE_MAX,
             )
         )
         self._device.ioctl(NSM_REQUEST, frame)

@@ -1,0 +1,1 @@
+"""The audit trail: hash-chained records, group-committed, with signed checkpoints."""

@@ -1,0 +1,343 @@
+"""The audit log: log generator -> bounded thread-safe buffer -> buffer manager ->
+storage writer -> secure storage (the seed's Audit Logging System).
+
+``record()`` hands an entry to a bounded queue and waits until the writer thread has
+written it, chained, in a group commit (one fsync for everything waiting), so an operation
+answers only once its record is durable. When the sink fails, the log turns unhealthy:
+callers get ``AuditUnavailable`` (the KMS refuses operations, fail closed), a Critical alert
+is raised once, and the pending records stay queued, in order, until the sink accepts them
+again: nothing acknowledged as recorded is ever lost. Checkpoints signed with the audit key
+are appended every ``checkpoint_every`` records or ``checkpoint_interval`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from enclave.audit.records import (
+    CHECKPOINT_OPERATION,
+    GENESIS_HASH,
+    HEADER_TYPE,
+    AuditRecord,
+    Outcome,
+    b64,
+    signature_message,
+)
+from enclave.audit.sink import AuditSink
+
+
+class AuditUnavailable(Exception):
+    """The audit log cannot be written: the operation is refused (fail closed)."""
+
+    type = "audit-unavailable"
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    checkpoint_every: int = 1000
+    checkpoint_interval: float = 30.0
+    max_queue: int = 50_000
+    max_batch: int = 2048
+    retry_interval: float = 0.5
+
+
+@dataclass
+class _Entry:
+    principal: str
+    operation: str
+    outcome: Outcome
+    key_id: str | None
+    key_version: int | None
+    request_digest: str | None
+    status: int | None
+    details: dict[str, Any]
+    time: str
+    future: Future[AuditRecord] = field(default_factory=Future)
+
+
+@dataclass(frozen=True)
+class AuditStats:
+    queue_depth: int
+    written: int
+    last_seq: int
+    healthy: bool
+    batches: int
+
+
+class AuditLog:
+    def __init__(
+        self,
+        sink: AuditSink,
+        *,
+        sign: Callable[[bytes], bytes],
+        public_key: bytes,
+        hmac_key: bytes,
+        kms_id: str,
+        config: AuditConfig | None = None,
+        clock: Callable[[], float] = time.time,
+        on_failure: Callable[[str], None] | None = None,
+        on_recovery: Callable[[], None] | None = None,
+    ) -> None:
+        self._sink = sink
+        self._sign = sign
+        self.public_key = public_key
+        self._hmac_key = hmac_key
+        self.kms_id = kms_id
+        self._config = config or AuditConfig()
+        self._clock = clock
+        self._on_failure = on_failure
+        self._on_recovery = on_recovery
+        self._queue: queue.Queue[_Entry | None] = queue.Queue(self._config.max_queue)
+        self._pending: list[AuditRecord] = []
+        self._healthy = True
+        self._written = 0
+        self._batches = 0
+        self._since_checkpoint = 0
+        self._last_checkpoint_time = clock()
+        self._next_seq, self._prev_hash = self._recover()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    # -- lifecycle -------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout)
+            self._thread = None
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
+
+    def stats(self) -> AuditStats:
+        return AuditStats(
+            queue_depth=self._queue.qsize() + len(self._pending),
+            written=self._written,
+            last_seq=self._next_seq - 1,
+            healthy=self._healthy,
+            batches=self._batches,
+        )
+
+    # -- producers ---------------------------------------------------------------------
+    def digest(self, data: bytes) -> str:
+        """HMAC-SHA256 of a request or sensitive value: comparable, never reversible."""
+        return hmac.new(self._hmac_key, data, hashlib.sha256).hexdigest()
+
+    def submit(
+        self,
+        *,
+        principal: str,
+        operation: str,
+        outcome: Outcome,
+        key_id: str | None = None,
+        key_version: int | None = None,
+        request: bytes | None = None,
+        status: int | None = None,
+        details: dict[str, Any] | None = None,
+        sensitive: dict[str, bytes] | None = None,
+    ) -> Future[AuditRecord]:
+        merged = dict(details or {})
+        for name, value in (sensitive or {}).items():
+            merged[name] = "hmac:" + self.digest(value)
+        entry = _Entry(
+            principal=principal,
+            operation=operation,
+            outcome=outcome,
+            key_id=key_id,
+            key_version=key_version,
+            request_digest=self.digest(request) if request is not None else None,
+            status=status,
+            details=merged,
+            time=datetime.fromtimestamp(self._clock(), UTC).isoformat(timespec="microseconds"),
+        )
+        try:
+            self._queue.put_nowait(entry)
+        except queue.Full:
+            entry.future.set_exception(AuditUnavailable("audit buffer is full"))
+        return entry.future
+
+    async def record(self, **kwargs: Any) -> AuditRecord:
+        """Submit and wait until the record is durable; raise AuditUnavailable otherwise."""
+        return await asyncio.wrap_future(self.submit(**kwargs))
+
+    def record_sync(self, timeout: float = 30.0, **kwargs: Any) -> AuditRecord:
+        return self.submit(**kwargs).result(timeout)
+
+    # -- export ------------------------------------------------------------------------
+    def checkpoint_now(self, timeout: float = 30.0) -> AuditRecord:
+        return self.record_sync(
+            timeout, principal="kms", operation=CHECKPOINT_OPERATION, outcome="event"
+        )
+
+    def export_lines(self) -> list[bytes]:
+        """A self-contained export: header (with the audit public key) then every record,
+        ending with a fresh signed checkpoint."""
+        self.checkpoint_now()
+        header = {
+            "type": HEADER_TYPE,
+            "kms_id": self.kms_id,
+            "audit_public_key": b64(self.public_key),
+            "exported_at": datetime.fromtimestamp(self._clock(), UTC).isoformat(),
+        }
+        lines = [json.dumps(header, sort_keys=True).encode() + b"\n"]
+        lines.extend(self._sink.read_lines())
+        return lines
+
+    # -- writer thread -----------------------------------------------------------------
+    def _recover(self) -> tuple[int, str]:
+        last: AuditRecord | None = None
+        for line in self._sink.read_lines():
+            if line.strip():
+                last = AuditRecord.from_json(json.loads(line))
+        if last is None:
+            return 0, GENESIS_HASH
+        if last.computed_hash() != last.hash:
+            raise AuditUnavailable("the audit log's last record does not match its hash")
+        return last.seq + 1, last.hash
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping or self._pending:
+            batch: list[_Entry] = []
+            timeout = self._config.retry_interval if self._pending else self._time_to_checkpoint()
+            try:
+                item = self._queue.get(timeout=max(timeout, 0.001))
+                if item is None:
+                    stopping = True
+                else:
+                    batch.append(item)
+            except queue.Empty:
+                pass
+            while len(batch) < self._config.max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            self._write(batch)
+            if stopping and self._pending and not self._healthy:
+                break
+
+    def _time_to_checkpoint(self) -> float:
+        return self._last_checkpoint_time + self._config.checkpoint_interval - self._clock()
+
+    def _write(self, batch: list[_Entry]) -> None:
+        if not self._healthy and not self._try_flush():
+            # Storage is still down: refuse the new entries at once (their operations are
+            # refused), but chain and keep every record for the retry, so none is lost.
+            for entry in batch:
+                if entry.operation != CHECKPOINT_OPERATION:
+                    self._pending.append(self._chain(entry))
+                entry.future.set_exception(AuditUnavailable("audit storage is unavailable"))
+            return
+        built: list[tuple[_Entry, AuditRecord]] = []
+        for entry in batch:
+            built.append((entry, self._chain(entry)))
+        records = [r for _, r in built]
+        if self._checkpoint_due(len(records)):
+            records.append(self._checkpoint())
+        self._pending.extend(records)
+        ok = self._try_flush()
+        for entry, record in built:
+            if ok:
+                entry.future.set_result(record)
+            else:
+                entry.future.set_exception(AuditUnavailable("audit storage is unavailable"))
+
+    def _try_flush(self) -> bool:
+        if not self._pending:
+            return True
+        try:
+            self._sink.append([r.to_line() for r in self._pending])
+        except OSError as exc:
+            if self._healthy:
+                self._healthy = False
+                if self._on_failure:
+                    self._on_failure(f"audit log write failed: {exc.strerror or exc}")
+            return False
+        self._written += len(self._pending)
+        self._batches += 1
+        self._pending = []
+        if not self._healthy:
+            self._healthy = True
+            if self._on_recovery:
+                self._on_recovery()
+        return True
+
+    def _chain(self, entry: _Entry) -> AuditRecord:
+        record = AuditRecord(
+            seq=self._next_seq,
+            time=entry.time,
+            principal=entry.principal,
+            operation=entry.operation,
+            outcome=entry.outcome,
+            key_id=entry.key_id,
+            key_version=entry.key_version,
+            request_digest=entry.request_digest,
+            status=entry.status,
+            details=entry.details,
+            prev_hash=self._prev_hash,
+        )
+        record = _with_hash(record)
+        if record.is_checkpoint:
+            record = _sign(record, self._sign)
+            self._since_checkpoint = 0
+            self._last_checkpoint_time = self._clock()
+        else:
+            self._since_checkpoint += 1
+        self._next_seq += 1
+        self._prev_hash = record.hash
+        return record
+
+    def _checkpoint_due(self, added: int) -> bool:
+        if self._since_checkpoint == 0:
+            return False
+        return (
+            self._since_checkpoint >= self._config.checkpoint_every
+            or self._time_to_checkpoint() <= 0
+        )
+
+    def _checkpoint(self) -> AuditRecord:
+        entry = _Entry(
+            principal="kms",
+            operation=CHECKPOINT_OPERATION,
+            outcome="event",
+            key_id=None,
+            key_version=None,
+            request_digest=None,
+            status=None,
+            details={"kms_id": self.kms_id},
+            time=datetime.fromtimestamp(self._clock(), UTC).isoformat(timespec="microseconds"),
+        )
+        return self._chain(entry)
+
+
+def _with_hash(record: AuditRecord) -> AuditRecord:
+    from dataclasses import replace
+
+    return replace(record, hash=record.computed_hash())
+
+
+def _sign(record: AuditRecord, sign: Callable[[bytes], bytes]) -> AuditRecord:
+    from dataclasses import replace
+
+    return replace(record, signature=b64(sign(signature_message(record.hash))))

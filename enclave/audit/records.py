@@ -1,0 +1,77 @@
+"""Audit records and checkpoints, and their canonical hashing.
+
+A record's ``hash`` is SHA-256 over the canonical JSON (sorted keys, no whitespace) of
+every other field, ``prev_hash`` included, so each record commits to the whole log before
+it. A checkpoint is a record whose ``operation`` is ``audit.checkpoint``; its ``signature``
+(Ed25519 by the audit signing key) covers its own hash, so a verified checkpoint vouches for
+every record up to it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Outcome = Literal["allowed", "denied", "invalid", "error", "event"]
+GENESIS_HASH = "0" * 64
+CHECKPOINT_OPERATION = "audit.checkpoint"
+HEADER_TYPE = "kms-audit-export/v1"
+
+
+def canonical_json(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    seq: int
+    time: str
+    principal: str
+    operation: str
+    outcome: Outcome
+    key_id: str | None = None
+    key_version: int | None = None
+    request_digest: str | None = None
+    status: int | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    prev_hash: str = GENESIS_HASH
+    hash: str = ""
+    signature: str | None = None
+
+    def body(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("hash")
+        data.pop("signature")
+        return data
+
+    def computed_hash(self) -> str:
+        return hashlib.sha256(canonical_json(self.body())).hexdigest()
+
+    def to_line(self) -> bytes:
+        return canonical_json(asdict(self)) + b"\n"
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AuditRecord:
+        allowed = set(cls.__dataclass_fields__)
+        unknown = set(data) - allowed
+        if unknown:
+            raise ValueError(f"unknown audit fields {sorted(unknown)}")
+        record = cls(**data)
+        if not isinstance(record.seq, int) or not isinstance(record.details, dict):
+            raise ValueError("malformed audit record")
+        return record
+
+    @property
+    def is_checkpoint(self) -> bool:
+        return self.operation == CHECKPOINT_OPERATION
+
+
+def signature_message(record_hash: str) -> bytes:
+    return b"kms-audit-checkpoint/v1\x00" + bytes.fromhex(record_hash)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
