@@ -188,7 +188,8 @@ class Invalid:
 
 INVALID = {
     "virtee-tampered-family-id": Invalid(
-        "negative/virtee_milan_v2_report_tampered.bin", ("virtee_milan_v2_vcek.der",), (BadSignature,)
+        "negative/virtee_milan_v2_report_tampered.bin", ("virtee_milan_v2_vcek.der",),
+        (BadSignature,),
     ),
     "trustee-synthetic-vcek-legacy-hwid": Invalid(
         "trustee_milan_v2_report.bin", ("negative/trustee_vcek_invalid_legacy.der",),
@@ -257,8 +258,10 @@ def test_pem_garbage_certificate_is_malformed(production: Verifier) -> None:
 
 
 def test_roots_without_snp_anchor_reject(production: Verifier) -> None:
-    nitro_only = Verifier(TrustRoots.from_pem({"nitro": vector("../nitro/roots/aws_nitro_root_g1.pem")},
-                                              simulated=False, label="nitro-only"))  # fmt: skip
+    nitro_root = vector("../nitro/roots/aws_nitro_root_g1.pem")
+    nitro_only = Verifier(
+        TrustRoots.from_pem({"nitro": nitro_root}, simulated=False, label="nitro")
+    )
     with pytest.raises(BadCertificateChain):
         nitro_only.verify(
             "sev-snp", vector("virtee_milan_v2_report.hex"),
@@ -270,7 +273,7 @@ def test_genoa_vcek_does_not_chain_to_milan_roots_only() -> None:
     milan_only = Verifier(
         TrustRoots.from_pem(
             {"sev-snp": vector("roots/amd_milan_ask_ark.pem")}, simulated=False, label="milan"
-        )  # fmt: skip
+        )
     )
     with pytest.raises(BadCertificateChain):
         milan_only.verify(
