@@ -1,0 +1,141 @@
+"""The enclave service's aiohttp application factory.
+
+This module owns the typed application keys, the startup of the trusted resources (the
+launch measurement and evidence provider, then the TLS identity made inside the enclave),
+the request log, and the assembly of routes and middleware. It holds no module-level state:
+everything lives on the ``Application``. Routes are imported inside ``create_app`` so the
+route modules can import the keys defined here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from enclave.attestation.providers import Launch
+from enclave.config import EnclaveConfig
+from enclave.problems import Handler, problem_middleware
+from enclave.tls import TlsIdentity, create_identity
+
+log = logging.getLogger("enclave.requests")
+
+REQUEST_LOG_SIZE = 1024
+
+
+@dataclass
+class ServiceState:
+    """Whether the service can take requests (``/readyz``)."""
+
+    ready: bool = False
+    draining: bool = False
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    method: str
+    path: str
+    status: int
+    at: float
+
+
+@dataclass
+class RequestLog:
+    """What reached the enclave: a per-path count and the most recent requests.
+
+    Tests and operators use it to show that a refused client sent nothing beyond the
+    attestation request. It records paths, never query strings, headers or bodies.
+    """
+
+    counts: collections.Counter[str] = field(default_factory=collections.Counter)
+    recent: collections.deque[RequestRecord] = field(
+        default_factory=lambda: collections.deque(maxlen=REQUEST_LOG_SIZE)
+    )
+
+    def record(self, method: str, path: str, status: int) -> None:
+        self.counts[path] += 1
+        self.recent.append(RequestRecord(method, path, status, time.time()))
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def paths(self) -> list[str]:
+        return [r.path for r in self.recent]
+
+
+CONFIG = web.AppKey("config", EnclaveConfig)
+LAUNCH = web.AppKey("launch", Launch)
+TLS_IDENTITY = web.AppKey("tls_identity", TlsIdentity)
+SERVICE_STATE = web.AppKey("service_state", ServiceState)
+REQUEST_LOG = web.AppKey("request_log", RequestLog)
+EVIDENCE_GATE = web.AppKey("evidence_gate", asyncio.Semaphore)
+
+LaunchFactory = Callable[[EnclaveConfig], Launch]
+
+
+@web.middleware
+async def request_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    finally:
+        request.app[REQUEST_LOG].record(request.method, request.path, status)
+        log.info("request %s %s %d", request.method, request.path, status)
+
+
+def _trusted_resources(
+    launch_factory: LaunchFactory,
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        config = app[CONFIG]
+        loop = asyncio.get_running_loop()
+        launched = await loop.run_in_executor(None, launch_factory, config)
+        app[LAUNCH] = launched
+        lifetime = datetime.timedelta(days=config.limits.tls_certificate_days)
+        app[TLS_IDENTITY] = await loop.run_in_executor(
+            None, lambda: create_identity(launched.provider, lifetime=lifetime)
+        )
+        app[SERVICE_STATE].ready = True
+        log.info(
+            "attested TLS ready: platform=%s measurement=%s certificate_sha256=%s",
+            config.platform,
+            launched.identity.measurement.hex(),
+            app[TLS_IDENTITY].certificate_sha256.hex(),
+        )
+        yield
+        app[SERVICE_STATE].ready = False
+
+    return context
+
+
+async def _start_draining(app: web.Application) -> None:
+    app[SERVICE_STATE].draining = True
+
+
+def create_app(config: EnclaveConfig, *, launch_factory: LaunchFactory | None = None) -> web.Application:
+    """The enclave application. ``launch_factory`` replaces the provider choice (tests)."""
+    from enclave.attestation.providers import launch
+    from enclave.routes import attestation, health
+
+    app = web.Application(
+        middlewares=[request_log_middleware, problem_middleware],
+        client_max_size=config.limits.max_request_body_bytes,
+    )
+    app[CONFIG] = config
+    app[SERVICE_STATE] = ServiceState()
+    app[REQUEST_LOG] = RequestLog()
+    app[EVIDENCE_GATE] = asyncio.Semaphore(config.limits.max_pending_evidence)
+    app.cleanup_ctx.append(_trusted_resources(launch_factory or launch))
+    app.on_shutdown.append(_start_draining)
+    app.add_routes(health.routes)
+    app.add_routes(attestation.routes)
+    return app

@@ -1,0 +1,1 @@
+"""HTTP routes of the enclave service, one module per concern, each adding a RouteTableDef."""

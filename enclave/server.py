@@ -1,0 +1,158 @@
+"""``kms-enclave serve``: run the enclave service on a unix socket, vsock or TCP.
+
+This module owns the process edge: argument parsing, logging set-up, binding the listen
+socket, serving TLS with the in-enclave key, and a clean stop on SIGTERM/SIGINT (the unix
+socket is removed). Once serving it prints one line, ``serving <address> <sha256 of the
+TLS certificate>``, on stdout for the launcher. It never writes the TLS key anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import stat
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from enclave.app import TLS_IDENTITY, create_app
+from enclave.attestation.providers import ProviderError
+from enclave.config import ConfigError, EnclaveConfig, ListenAddress
+
+log = logging.getLogger("enclave.server")
+
+EXIT_USAGE = 2
+EXIT_START_FAILED = 3
+UNIX_SOCKET_MODE = 0o660
+LISTEN_BACKLOG = 128
+
+
+def _remove_stale_socket(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(path.lstat().st_mode):
+            path.unlink()
+        else:
+            raise ConfigError(f"{path} exists and is not a socket")
+
+
+def vsock_socket(cid: int, port: int) -> socket.socket:
+    """A listening AF_VSOCK socket (Linux; Nitro enclaves and confidential VMs)."""
+    family = getattr(socket, "AF_VSOCK", None)
+    if family is None:
+        raise ConfigError("this system has no AF_VSOCK support")
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.bind((cid, port))
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def make_site(
+    runner: web.AppRunner, address: ListenAddress, ssl_context: object
+) -> web.BaseSite:
+    import ssl
+
+    assert isinstance(ssl_context, ssl.SSLContext)
+    if address.kind == "unix":
+        assert address.path is not None
+        _remove_stale_socket(address.path)
+        return web.UnixSite(runner, str(address.path), ssl_context=ssl_context)
+    if address.kind == "vsock":
+        assert address.cid is not None and address.port is not None
+        return web.SockSite(runner, vsock_socket(address.cid, address.port), ssl_context=ssl_context)
+    assert address.host is not None and address.port is not None
+    return web.TCPSite(runner, address.host, address.port, ssl_context=ssl_context)
+
+
+def bound_address(site: web.BaseSite, address: ListenAddress) -> str:
+    if address.kind == "tcp":
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or []
+        if sockets:
+            host, port = sockets[0].getsockname()[:2]
+            return f"tcp:{host}:{port}"
+    return str(address)
+
+
+async def serve(config: EnclaveConfig, stop: asyncio.Event | None = None) -> None:
+    """Serve until ``stop`` is set (or SIGTERM/SIGINT when ``stop`` is not given)."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+    app = create_app(config)
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=None,
+        shutdown_timeout=config.limits.shutdown_grace_seconds,
+    )  # fmt: skip
+    await runner.setup()
+    try:
+        identity = app[TLS_IDENTITY]
+        site = make_site(runner, config.listen, identity.server_context())
+        await site.start()
+        if config.listen.kind == "unix" and config.listen.path is not None:
+            os.chmod(config.listen.path, UNIX_SOCKET_MODE)
+        print(f"serving {bound_address(site, config.listen)} {identity.certificate_sha256.hex()}",
+              flush=True)  # fmt: skip
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        await runner.cleanup()
+        if config.listen.kind == "unix" and config.listen.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                config.listen.path.unlink()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kms-enclave", description="The Enclave KMS service.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("serve", help="serve attested TLS")
+    run.add_argument("--state", type=Path, required=True, help="state directory (launch.json, hw/)")
+    run.add_argument("--listen", required=True, help="unix:PATH, vsock:CID:PORT or tcp:HOST:PORT")
+    run.add_argument("--platform", required=True, choices=("sev-snp", "tdx", "nitro"))
+    run.add_argument("--attestation", default="simulated", choices=("simulated", "hardware"))
+    run.add_argument(
+        "--measure-root", type=Path, default=None,
+        help="simulation only: the tree the fake hardware measures (default: this code's tree)",
+    )  # fmt: skip
+    run.add_argument("--log-level", default="INFO")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config = EnclaveConfig.create(
+            platform=args.platform, state_dir=args.state, listen=args.listen,
+            attestation=args.attestation, measure_root=args.measure_root,
+        )  # fmt: skip
+    except ConfigError as exc:
+        print(f"kms-enclave: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        asyncio.run(serve(config))
+    except (ProviderError, ConfigError, OSError) as exc:
+        print(f"kms-enclave: cannot start: {exc}", file=sys.stderr)
+        return EXIT_START_FAILED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""``kms``: the command-line client.
+
+``kms --profile FILE attest [--json]`` attests an endpoint of the profile and prints the
+verified claims (``--json``: one JSON object; "measurement" is hex, exactly what
+``python -m measurements`` prints). Exit codes: 0 success, 2 usage or profile error,
+3 attestation refused, 4 unreachable, 5 the KMS answered with an error. On failure one
+line goes to stderr and, with ``--json``, an RFC 9457 problem document to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import IO
+
+from kms.client import KmsClient
+from kms.errors import AttestationRefused, KmsError, ProfileError, ServerError, TransportError
+from kms.profile import Profile
+
+PROG = "kms"
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_REFUSED = 3
+EXIT_UNREACHABLE = 4
+EXIT_SERVER_ERROR = 5
+DEFAULT_PROFILE_ENV = "KMS_PROFILE"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Enclave KMS client.")
+    parser.add_argument(
+        "--profile",
+        default=os.environ.get(DEFAULT_PROFILE_ENV),
+        help=f"client profile (client.toml; default ${DEFAULT_PROFILE_ENV})",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log to stderr")
+    commands = parser.add_subparsers(dest="command", required=True)
+    attest = commands.add_parser("attest", help="attest the KMS and print the verified claims")
+    attest.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def _exit_code(error: KmsError) -> int:
+    if isinstance(error, AttestationRefused):
+        return EXIT_REFUSED
+    if isinstance(error, ProfileError):
+        return EXIT_USAGE
+    if isinstance(error, TransportError):
+        return EXIT_UNREACHABLE
+    if isinstance(error, ServerError):
+        return EXIT_SERVER_ERROR
+    return 1
+
+
+def _print_claims(claims: dict[str, object], out: IO[str]) -> None:
+    order = ("endpoint", "platform", "measurement", "simulated", "debug", "verifier",
+             "tls_certificate_sha256", "nonce", "verified_at")  # fmt: skip
+    print("attestation verified", file=out)
+    for key in order:
+        if key in claims:
+            print(f"  {key}: {claims[key]}", file=out)
+    for key, value in claims.items():
+        if key not in order and key not in ("report_data", "token"):
+            print(f"  {key}: {json.dumps(value) if not isinstance(value, str) else value}", file=out)
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    stdout: IO[str] | None = None,
+    stderr: IO[str] | None = None,
+) -> int:
+    out = stdout or sys.stdout
+    err = stderr or sys.stderr
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.ERROR,
+        stream=err,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    as_json = bool(getattr(args, "json", False))
+    try:
+        if not args.profile:
+            raise ProfileError("no profile: give --profile FILE (or set $KMS_PROFILE)")
+        profile = Profile.load(args.profile)
+        with KmsClient(profile) as client:
+            result = client.attest()
+    except KmsError as exc:
+        print(f"{PROG}: {exc}", file=err)
+        if as_json:
+            print(json.dumps(exc.as_problem(), indent=2), file=out)
+        return _exit_code(exc)
+    claims = result.to_json()
+    if as_json:
+        print(json.dumps(claims, indent=2), file=out)
+    else:
+        _print_claims(claims, out)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
