@@ -161,7 +161,7 @@ class SoftHsmToken:
     def _run_child(self, request: dict[str, object]) -> dict[str, object]:
         env = dict(os.environ, SOFTHSM2_CONF=str(self.conf_path))
         try:
-            completed = subprocess.run(  # noqa: S603 - fixed argv, PINs only on stdin
+            completed = subprocess.run(  # fixed argv; PINs only on stdin
                 [sys.executable, "-m", "enclave.hsm.token"],
                 input=json.dumps(request).encode(),
                 capture_output=True,
