@@ -13,8 +13,10 @@ error (bad flags, unreadable files, bad time, bad policy), a message on stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -295,6 +297,11 @@ def main(
     except CliUsageError as exc:
         print(f"{PROG}: error: {exc}", file=err)
         return EXIT_USAGE
+    except BrokenPipeError:  # the reader went away (e.g. `| head`): the verdict was not seen
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_REJECTED
 
 
 if __name__ == "__main__":

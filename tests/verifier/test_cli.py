@@ -242,6 +242,50 @@ def test_policy_accepts_matching_measurement(tmp_path: Path) -> None:
     assert code == 0, out
 
 
+def test_simulated_roots_need_a_policy_that_names_them(tmp_path: Path) -> None:
+    # Fake-hardware roots stand in for the vendor's: here the real AMD Milan chain plays the
+    # simulator's roots, so the same report verifies but is marked simulated.
+    roots = tmp_path / "roots"
+    roots.mkdir()
+    (roots / "sev-snp-roots.pem").write_bytes(
+        (SNP / "roots" / "amd_milan_ask_ark.pem").read_bytes()
+    )
+    code, out, _ = run(virtee("--roots", f"simulated:{roots}"))
+    assert code == 0, out
+    assert json.loads(out)["simulated"] is True
+    pytest.importorskip("verifier.snp.validate")
+    code, out, _ = run(virtee("--roots", f"simulated:{roots}", "--policy",
+                              write_policy(tmp_path, {"platform": "sev-snp"})))  # fmt: skip
+    error = assert_rejected(code, out, "policy-violation")
+    assert {"field": "roots", "seen": "simulated", "expected": "vendor roots"} in error[
+        "mismatches"
+    ]  # type: ignore[operator]
+    code, out, _ = run(virtee("--roots", f"simulated:{roots}", "--policy",
+                              write_policy(tmp_path, {"allow_simulated": True})))  # fmt: skip
+    assert code == 0, out
+
+
+def test_simulated_roots_directory_without_roots_is_usage_error(tmp_path: Path) -> None:
+    code, out, err = run(virtee("--roots", f"simulated:{tmp_path}"))
+    assert code == 2 and out == "" and "simulated" in err
+
+
+def test_tdx_quote_with_collateral() -> None:
+    pytest.importorskip("verifier.tdx.verify")
+    tdx = SNP.parent / "tdx"
+    code, out, _ = run(["verify", str(tdx / "dcapqvl_v4_quote_0x.hex"), "--platform", "tdx",
+                        "--collateral", str(tdx / "dcapqvl_v4_collateral.json"),
+                        "--at", "2025-07-01T00:00:00Z"])  # fmt: skip
+    assert code == 0, out
+    assert json.loads(out)["platform"] == "tdx"
+
+
+def test_wrong_platform_for_evidence_is_rejected() -> None:
+    code, out, _ = run(["verify", str(VIRTEE_REPORT), "--platform", "nitro", "--at", AT])
+    assert code == 1
+    assert json.loads(out)["error"]["type"]
+
+
 # --- usage errors: exit 2, message on stderr, nothing on stdout ---------------------------
 
 
