@@ -1,0 +1,1 @@
+"""The KMS core: keys, their lifecycle, cryptographic operations and attested release."""
