@@ -5,10 +5,10 @@ What this module owns: the semantic checks of AWS "Verifying the root of trust" 
 G1, COSE signature with the leaf key) on a document ``abi`` has parsed, at an injected
 time. It never reads a clock, a file or the network, and never judges policy (``validate``).
 
-Performance: a document carries four CA certificates that rarely change and a leaf that
-the NSM reuses for a while, so parsed certificates and their public keys are kept in a
-small LRU (``CertificateCache``) held by the caller's ``ChainVerifier`` (the object that
-already caches verified chain links), never in a module global. Validity windows are
+Performance: a document carries four CA certificates that rarely change and a leaf, so
+parsed certificates, the leaf key and the chains built by ``ChainVerifier`` are kept in
+small LRUs (``CertificateCache``) attached to the caller's ``ChainVerifier`` (the object
+that already caches verified links), never in a module global. Validity windows are
 checked on every call, because they depend on ``at``.
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from threading import Lock
 
@@ -25,7 +26,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from verifier._internal.x509 import Certificate, ChainVerifier
+from verifier._internal.x509 import Certificate, ChainVerifier, check_validity
 from verifier.claims import Claims, JsonValue
 from verifier.errors import (
     BadCertificateChain,
@@ -44,54 +45,67 @@ _ES384 = ec.ECDSA(hashes.SHA384())
 _P384_COORDINATE_BYTES = ES384_SIGNATURE_BYTES // 2
 
 
-class CertificateCache:
-    """A thread-safe LRU of parsed certificates and public keys, keyed by SHA-256(DER).
+_ChainKey = tuple[bytes, tuple[bytes, ...], tuple[bytes, ...]]
+"""(leaf DER, cabundle DERs, anchor fingerprints): exact bytes, so no collision is possible."""
 
-    A parsed certificate is a pure function of its bytes, so a hit is as good as a fresh
-    parse. Entries hold no secret and no verdict about time or trust.
+
+@dataclass(frozen=True)
+class VerifiedChain:
+    """A leaf's path to an anchor whose signatures and CA flags were checked once.
+
+    None of that depends on time; validity windows are checked again on every use.
     """
 
-    def __init__(self, max_entries: int = 256) -> None:
-        self._entries: OrderedDict[bytes, Certificate] = OrderedDict()
-        self._keys: dict[bytes, ec.EllipticCurvePublicKey] = {}
-        self._max = max_entries
+    leaf: Certificate
+    path: tuple[Certificate, ...]
+    leaf_key: ec.EllipticCurvePublicKey = field(repr=False)
+
+
+class CertificateCache:
+    """Thread-safe LRUs of parsed certificates (keyed by SHA-256 of the DER) and of
+    verified chains (keyed by the exact DER bytes of leaf and cabundle, and the anchors).
+
+    A parsed certificate, its key, and the signatures along a chain are pure functions of
+    the bytes, so a hit is as good as a fresh check. Entries hold no secret and no verdict
+    about time: callers check validity at their own time on every use.
+    """
+
+    def __init__(self, max_certificates: int = 256, max_chains: int = 64) -> None:
+        self._certificates: OrderedDict[bytes, Certificate] = OrderedDict()
+        self._chains: OrderedDict[_ChainKey, VerifiedChain] = OrderedDict()
+        self._max_certificates = max_certificates
+        self._max_chains = max_chains
         self._lock = Lock()
 
     def certificate(self, der: bytes) -> Certificate:
         fingerprint = hashlib.sha256(der).digest()
         with self._lock:
-            cached = self._entries.get(fingerprint)
+            cached = self._certificates.get(fingerprint)
             if cached is not None:
-                self._entries.move_to_end(fingerprint)
+                self._certificates.move_to_end(fingerprint)
                 return cached
         cert = Certificate.from_der(der)  # raises MalformedCertificate
         with self._lock:
-            self._entries[cert.fingerprint] = cert
-            while len(self._entries) > self._max:
-                evicted, _ = self._entries.popitem(last=False)
-                self._keys.pop(evicted, None)
+            self._certificates[cert.fingerprint] = cert
+            while len(self._certificates) > self._max_certificates:
+                self._certificates.popitem(last=False)
         return cert
 
-    def p384_key(self, cert: Certificate) -> ec.EllipticCurvePublicKey:
-        """The certificate's key, which must be ECDSA P-384 to check an ES384 signature."""
+    def chain(self, key: _ChainKey) -> VerifiedChain | None:
         with self._lock:
-            key = self._keys.get(cert.fingerprint)
-        if key is not None:
-            return key
-        loaded = cert.public_key()  # raises MalformedCertificate
-        if not isinstance(loaded, ec.EllipticCurvePublicKey) or not isinstance(
-            loaded.curve, ec.SECP384R1
-        ):
-            raise BadSignature(
-                f"signing certificate {cert.common_name!r} does not hold a P-384 key (ES384)"
-            )
+            cached = self._chains.get(key)
+            if cached is not None:
+                self._chains.move_to_end(key)
+            return cached
+
+    def remember_chain(self, key: _ChainKey, chain: VerifiedChain) -> None:
         with self._lock:
-            if cert.fingerprint in self._entries:
-                self._keys[cert.fingerprint] = loaded
-        return loaded
+            self._chains[key] = chain
+            while len(self._chains) > self._max_chains:
+                self._chains.popitem(last=False)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._certificates)
 
 
 def certificate_cache(chains: ChainVerifier) -> CertificateCache:
@@ -130,17 +144,17 @@ def verify_document(
 ) -> Certificate:
     """Check chain, validity and signature of a parsed document; return its leaf."""
     cache = certificate_cache(chains)
-    leaf = cache.certificate(document.certificate)
-    bundle = [cache.certificate(der) for der in document.cabundle]
-
-    # AWS "Semantic validation" / certificate chain: cabundle is root first, so the path
-    # from the leaf is the bundle reversed, and it must end at the pinned AWS Nitro root
-    # (byte for byte, or cabundle[0] chains to it). Every certificate must be valid at `at`.
-    path = chains.verify_chain(leaf, bundle[::-1], roots.anchors, at)
-    used = [cert.fingerprint for cert in path[1:]]
-    expected = [cert.fingerprint for cert in reversed(bundle)]
-    if used != expected and used != [*expected, path[-1].fingerprint]:
-        raise BadCertificateChain("cabundle is not the leaf's chain in order, root first")
+    anchors = tuple(anchor.fingerprint for anchor in roots.anchors)
+    key: _ChainKey = (document.certificate, document.cabundle, anchors)
+    verified = cache.chain(key)
+    if verified is None:
+        verified = _verify_chain(document, roots=roots, at=at, chains=chains, cache=cache)
+        cache.remember_chain(key, verified)
+    else:
+        # Links and CA flags were checked when the chain was cached; time was not.
+        for cert in verified.path:
+            check_validity(cert, at)
+    leaf = verified.leaf
 
     # The NSM signs with a leaf it has just been issued: the document's own timestamp must
     # lie inside the leaf's validity, or the signer claimed a time it could not sign at.
@@ -161,14 +175,45 @@ def verify_document(
     r = int.from_bytes(signature[:_P384_COORDINATE_BYTES], "big")
     s = int.from_bytes(signature[_P384_COORDINATE_BYTES:], "big")
     try:
-        cache.p384_key(leaf).verify(
-            encode_dss_signature(r, s), document.cose.sig_structure(), _ES384
-        )
+        verified.leaf_key.verify(encode_dss_signature(r, s), document.cose.sig_structure(), _ES384)
     except (InvalidSignature, ValueError):
         raise BadSignature(
             f"COSE_Sign1 ES384 signature does not verify with {leaf.common_name!r}"
         ) from None
     return leaf
+
+
+def _verify_chain(
+    document: NitroDocument,
+    *,
+    roots: PlatformRoots,
+    at: datetime,
+    chains: ChainVerifier,
+    cache: CertificateCache,
+) -> VerifiedChain:
+    leaf = cache.certificate(document.certificate)
+    bundle = [cache.certificate(der) for der in document.cabundle]
+    # AWS "Semantic validation" / certificate chain: cabundle is root first, so the path
+    # from the leaf is the bundle reversed, and it must end at the pinned AWS Nitro root
+    # (byte for byte, or cabundle[0] chains to it). Every certificate must be valid at `at`.
+    path = chains.verify_chain(leaf, bundle[::-1], roots.anchors, at)
+    used = [cert.fingerprint for cert in path[1:]]
+    expected = [cert.fingerprint for cert in reversed(bundle)]
+    if used != expected and used != [*expected, path[-1].fingerprint]:
+        raise BadCertificateChain("cabundle is not the leaf's chain in order, root first")
+    return VerifiedChain(leaf, tuple(path), _p384_key(leaf))
+
+
+def _p384_key(cert: Certificate) -> ec.EllipticCurvePublicKey:
+    """The certificate's key, which must be ECDSA P-384 to check an ES384 signature."""
+    loaded = cert.public_key()  # raises MalformedCertificate
+    if not isinstance(loaded, ec.EllipticCurvePublicKey) or not isinstance(
+        loaded.curve, ec.SECP384R1
+    ):
+        raise BadSignature(
+            f"signing certificate {cert.common_name!r} does not hold a P-384 key (ES384)"
+        )
+    return loaded
 
 
 def document_time(timestamp_ms: int) -> datetime:
