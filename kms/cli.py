@@ -10,6 +10,7 @@ line goes to stderr and, with ``--json``, an RFC 9457 problem document to stdout
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -98,10 +99,15 @@ def main(
             print(json.dumps(exc.as_problem(), indent=2), file=out)
         return _exit_code(exc)
     claims = result.to_json()
-    if as_json:
-        print(json.dumps(claims, indent=2), file=out)
-    else:
-        _print_claims(claims, out)
+    try:
+        if as_json:
+            print(json.dumps(claims, indent=2), file=out)
+        else:
+            _print_claims(claims, out)
+        out.flush()
+    except BrokenPipeError:  # `kms attest | head`: the reader left; not an error of ours
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - interpreter exit flushes it
     return EXIT_OK
 
 
