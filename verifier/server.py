@@ -34,14 +34,13 @@ from verifier.cli import VerifyRequest, parse_rfc3339, run_verification
 from verifier.errors import InvalidPolicy, UsageError, VerificationError
 from verifier.policy import Policy
 from verifier.roots import TrustRoots
-from verifier.token import DEFAULT_TTL, TokenIssuer, policy_digest
+from verifier.token import DEFAULT_ISSUER, DEFAULT_TTL, TokenIssuer, policy_digest
 from verifier.verify import Verifier
 
 logger = logging.getLogger(__name__)
 
 PROBLEM_BASE = "https://enclave-kms.dev/problems/"
 PROBLEM_CONTENT_TYPE = "application/problem+json"
-DEFAULT_ISSUER = "kms-verifier"
 MAX_BODY_BYTES = 1 << 20
 MAX_CERTS = 16
 MAX_COLLATERAL = 16
@@ -58,6 +57,7 @@ _STATUS_PROBLEMS: dict[int, tuple[str, str]] = {
     413: ("payload-too-large", "The request body is too large"),
     415: ("unsupported-media-type", "The request body must be application/json"),
     500: ("internal-error", "Internal error"),
+    503: ("busy", "The verifier is busy; retry later"),
 }
 
 
@@ -75,6 +75,8 @@ class ServerConfig:
     token_ttl: timedelta = DEFAULT_TTL
     max_body_bytes: int = MAX_BODY_BYTES
     verify_workers: int = 2
+    # Verifications queued or running at once; beyond that the endpoint answers 503.
+    max_pending_verifications: int = 64
     clock: Callable[[], datetime] = _utc_now
 
 
@@ -82,6 +84,7 @@ CONFIG_KEY = web.AppKey("config", ServerConfig)
 VERIFIER_KEY = web.AppKey("verifier", Verifier)
 ISSUER_KEY = web.AppKey("issuer", TokenIssuer)
 EXECUTOR_KEY = web.AppKey("executor", ThreadPoolExecutor)
+PENDING_KEY = web.AppKey("pending", asyncio.Semaphore)
 
 
 class RequestProblem(Exception):
@@ -134,7 +137,10 @@ async def problem_middleware(
         return await handler(request)
     except RequestProblem as problem:
         slug_title = _STATUS_PROBLEMS.get(problem.status, ("malformed-request", "Bad request"))
-        return problem_response(problem.status, problem.slug, slug_title[1], problem.detail)
+        headers = {"Retry-After": "1"} if problem.status == 503 else None
+        return problem_response(
+            problem.status, problem.slug, slug_title[1], problem.detail, headers=headers
+        )
     except VerificationError as error:
         return verification_problem(error)
     except web.HTTPException as exc:
@@ -287,10 +293,14 @@ async def attest(request: web.Request) -> web.Response:
 
     now = config.clock()
     parsed = AttestRequest.from_json(document, now)
-    loop = asyncio.get_running_loop()
-    claims: Claims = await loop.run_in_executor(
-        request.app[EXECUTOR_KEY], run_verification, request.app[VERIFIER_KEY], parsed.verify
-    )
+    pending = request.app[PENDING_KEY]
+    if pending.locked():
+        raise RequestProblem("too many verifications in progress", status=503, slug="busy")
+    async with pending:
+        loop = asyncio.get_running_loop()
+        claims: Claims = await loop.run_in_executor(
+            request.app[EXECUTOR_KEY], run_verification, request.app[VERIFIER_KEY], parsed.verify
+        )
     token = request.app[ISSUER_KEY].issue(
         claims,
         at=now,
@@ -334,6 +344,7 @@ def create_app(config: ServerConfig) -> web.Application:
             max_workers=config.verify_workers, thread_name_prefix="verify"
         )
         app[EXECUTOR_KEY] = executor
+        app[PENDING_KEY] = asyncio.Semaphore(config.max_pending_verifications)
         yield
         executor.shutdown(wait=True, cancel_futures=True)
 

@@ -30,6 +30,7 @@ from verifier.errors import VerificationError
 
 TokenAlgorithm = Literal["ES256", "EdDSA"]
 VERDICT_AFFIRMING = "affirming"
+DEFAULT_ISSUER = "kms-verifier"
 DEFAULT_TTL = timedelta(minutes=5)
 MAX_TTL = timedelta(hours=1)
 DEFAULT_LEEWAY = timedelta(seconds=30)
@@ -123,7 +124,11 @@ class TokenIssuer:
 
     @classmethod
     def generate(
-        cls, issuer: str, *, algorithm: TokenAlgorithm = "ES256", ttl: timedelta = DEFAULT_TTL
+        cls,
+        issuer: str = DEFAULT_ISSUER,
+        *,
+        algorithm: TokenAlgorithm = "ES256",
+        ttl: timedelta = DEFAULT_TTL,
     ) -> TokenIssuer:
         key: SigningKey
         if algorithm == "EdDSA":
@@ -252,8 +257,8 @@ def _jwks_keys(jwks: Mapping[str, Any] | str | bytes) -> list[Mapping[str, Any]]
 def verify_result_token(
     token: str | bytes,
     jwks: Mapping[str, Any] | str | bytes,
+    now: datetime | float,
     *,
-    now: datetime,
     audience: str | None = None,
     nonce: str | None = None,
     issuer: str | None = None,
@@ -261,11 +266,14 @@ def verify_result_token(
 ) -> ResultToken:
     """Check a result token against the verifier's JWKS at ``now``; return its contents.
 
-    Checks: the header's ``kid`` names a key in ``jwks``; the algorithm is the one that key
-    dictates (ES256 for P-256, EdDSA for Ed25519); the signature; ``iat``/``nbf``/``exp``
-    against ``now`` with ``leeway``; the verdict is "affirming"; and, when given, the
-    issuer, the audience and the nonce. Raises ``InvalidResultToken``.
+    ``now`` is a timezone-aware datetime or a POSIX timestamp. Checks: the header's ``kid``
+    names a key in ``jwks``; the algorithm is the one that key dictates (ES256 for P-256,
+    EdDSA for Ed25519); the signature; ``iat``/``nbf``/``exp`` against ``now`` with
+    ``leeway``; the verdict is "affirming"; and, when given, the issuer, the audience and
+    the nonce. Raises ``InvalidResultToken``.
     """
+    if not isinstance(now, datetime):
+        now = datetime.fromtimestamp(now, UTC)
     if now.tzinfo is None:
         raise InvalidResultToken("verification time must be timezone-aware")
     if isinstance(token, bytes):

@@ -193,6 +193,14 @@ async def test_signing_key_from_pem(aiohttp_client: ClientFactory) -> None:
         assert result.measurement.hex() == VIRTEE_MEASUREMENT
 
 
+async def test_busy_verifier_answers_503(aiohttp_client: ClientFactory) -> None:
+    client = await aiohttp_client(create_app(config(max_pending_verifications=0)))
+    response = await client.post("/v1/attest", json=virtee_body())
+    await assert_problem(response, 503, "busy")
+    assert response.headers["Retry-After"]
+    await assert_healthy(client)
+
+
 async def test_healthz_and_jwks(client: Client) -> None:
     await assert_healthy(client)
     response = await client.get("/.well-known/jwks.json")

@@ -74,6 +74,15 @@ def test_round_trip(issuer: TokenIssuer) -> None:
     assert result.expires_at == NOW + timedelta(minutes=5)
 
 
+def test_now_may_be_positional_or_a_timestamp() -> None:
+    issuer = TokenIssuer.generate()
+    token = issuer.issue(CLAIMS, at=NOW)
+    assert verify_result_token(token, issuer.jwks(), NOW).issuer == "kms-verifier"
+    assert verify_result_token(token, issuer.jwks(), NOW.timestamp() + 60).platform == "sev-snp"
+    with pytest.raises(InvalidResultToken):
+        verify_result_token(token, issuer.jwks(), NOW.timestamp() + 3600)
+
+
 def test_header_and_jwks(issuer: TokenIssuer) -> None:
     token = issuer.issue(CLAIMS, at=NOW)
     header = jwt.get_unverified_header(token)
