@@ -137,6 +137,9 @@ def test_missing_device_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_real_ioctl_on_a_non_sev_device_fails_clearly(binding: Binding) -> None:
     # /dev/null accepts open() but not the SNP ioctl: the real code path, a clear error.
-    with LinuxSevGuestDevice.open(Path("/dev/null")) as device:
-        with pytest.raises(SealKeyUnavailable, match="SNP_GET_DERIVED_KEY on /dev/null failed"):
-            SnpDerivedSealKeyProvider(device).derive_seal_key(binding)
+    expected = "SNP_GET_DERIVED_KEY on /dev/null failed"
+    with (
+        LinuxSevGuestDevice.open(Path("/dev/null")) as device,
+        pytest.raises(SealKeyUnavailable, match=expected),
+    ):
+        SnpDerivedSealKeyProvider(device).derive_seal_key(binding)
