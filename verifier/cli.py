@@ -75,9 +75,12 @@ def parse_rfc3339(text: str) -> datetime:
         candidate = candidate[:-1] + "+00:00"
     try:
         value = datetime.fromisoformat(candidate)
-    except ValueError:
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        value.astimezone(UTC).timestamp()  # year 1 at +01:00 does not exist in UTC
+    except (ValueError, OverflowError, OSError):
         raise UsageError(f"{text!r} is not an RFC 3339 time") from None
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    return value
 
 
 def parse_roots(spec: str) -> TrustRoots:
