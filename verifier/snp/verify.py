@@ -78,6 +78,7 @@ TCB_EXTENSIONS: tuple[tuple[str, str], ...] = (
     ("fmc", OID_AMD_FMC_SPL),
 )
 CHIP_ID_SIZE = 64
+TURIN_HWID_SIZE = 8  # Turin VCEKs are issued for the first 8 bytes of CHIP_ID
 MAX_CERT_BLOBS = 16
 MAX_COLLATERAL_BLOBS = 16
 
@@ -156,15 +157,16 @@ class EndorsementKey:
 
 
 def _hwid(cert: Certificate) -> bytes | None:
-    # VCEK spec: hwID is the 64-byte CHIP_ID, stored raw by older KDS certificates and as an
-    # OCTET STRING (04 40 ...) by newer ones.
+    # VCEK spec: hwID is the CHIP_ID (64 bytes; 8 for Turin), stored raw by older KDS
+    # certificates and as an OCTET STRING (04 40 ...) by newer ones.
     ext = cert.extension(OID_AMD_HWID)
     if ext is None:
         return None
-    if len(ext.value) == CHIP_ID_SIZE:
+    sizes = (CHIP_ID_SIZE, TURIN_HWID_SIZE)
+    if len(ext.value) in sizes:
         return ext.value
     element = der.read_single(ext.value)
-    if element.tag == der.TAG_OCTET_STRING and len(element.content) == CHIP_ID_SIZE:
+    if element.tag == der.TAG_OCTET_STRING and len(element.content) in sizes:
         return element.content
     raise der.DerError(f"hwID is {len(ext.value)} bytes, neither raw nor an OCTET STRING")
 
@@ -308,7 +310,7 @@ def _verify(
     product = _product(report, key, path)
     reported = TcbVersion.decode(report.reported_tcb, product)
     _check_tcb(key, reported, product)
-    _check_hwid(report, key)
+    _check_hwid(report, key, product)
     return _claims(report, key, product, reported, simulated)
 
 
@@ -385,14 +387,17 @@ def _check_tcb(key: EndorsementKey, reported: TcbVersion, product: Product) -> N
             )
 
 
-def _check_hwid(report: AttestationReport, key: EndorsementKey) -> None:
-    # VCEK spec: a VCEK's hwID is the CHIP_ID it was derived for (report table, row 0x1A0).
-    # A VLEK is not per chip: it has no hwID, and CHIP_ID may be masked to zero.
+def _check_hwid(report: AttestationReport, key: EndorsementKey, product: Product) -> None:
+    # VCEK spec: a VCEK's hwID is the CHIP_ID it was derived for (report table, row 0x1A0);
+    # Turin VCEKs name only its first 8 bytes. A VLEK is not per chip: it has no hwID, and
+    # CHIP_ID may be masked to zero.
     if key.kind == "vlek":
         return
     if key.hwid is None:
         raise CertificateMismatch("the VCEK has no hwID extension")
-    if not hmac.compare_digest(key.hwid, report.chip_id):
+    if len(key.hwid) == TURIN_HWID_SIZE and product != "Turin":
+        raise CertificateMismatch(f"an 8-byte hwID is for Turin, the report is from {product}")
+    if not hmac.compare_digest(key.hwid, report.chip_id[: len(key.hwid)]):
         raise CertificateMismatch(
             f"the VCEK is for chip {key.hwid.hex()[:16]}..., "
             f"the report comes from chip {report.chip_id.hex()[:16]}..."

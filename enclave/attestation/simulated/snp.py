@@ -32,6 +32,7 @@ from enclave.attestation.evidence import Evidence, check_report_data
 from enclave.attestation.launch import LaunchIdentity
 from verifier.claims import Platform
 from verifier.snp.abi import (
+    PRODUCTS,
     REPORT_ID_MA_NONE,
     REPORT_SIZE,
     SIGNATURE_ALGO_ECDSA_P384_SHA384,
@@ -43,12 +44,18 @@ from verifier.snp.abi import (
     signature_field,
 )
 
-PRODUCT: Product = "Milan"
-CPUID_MILAN = (0x19, 0x01, 0x01)  # family, model, stepping of a Milan B1
+PRODUCT: Product = "Milan"  # the default; Genoa and Turin machines can be made for tests
+# CPUID family, model, stepping (report table, rows 0x188..0x18A) per product line.
+CPUID: Mapping[Product, tuple[int, int, int]] = {
+    "Milan": (0x19, 0x01, 0x01),
+    "Genoa": (0x19, 0x11, 0x01),
+    "Turin": (0x1A, 0x02, 0x00),
+}
 POLICY_DEFAULT = 0x30000  # SMT allowed, reserved bit 17; debug (bit 19) off
 PLATFORM_INFO_DEFAULT = 0x03  # SMT enabled, TSME enabled
 FIRMWARE = (1, 55, 21)  # major, minor, build
 DEFAULT_TCB: Mapping[str, int] = {"bootloader": 4, "tee": 0, "snp": 22, "microcode": 213}
+DEFAULT_TURIN_FMC = 1
 
 ARK_YEARS = 25
 VCEK_YEARS = 7
@@ -63,6 +70,7 @@ _OID_SPL = {
     "tee": x509.ObjectIdentifier(f"{_AMD}.3.2"),
     "snp": x509.ObjectIdentifier(f"{_AMD}.3.3"),
     "microcode": x509.ObjectIdentifier(f"{_AMD}.3.8"),
+    "fmc": x509.ObjectIdentifier(f"{_AMD}.3.9"),
 }
 _OID_HWID = x509.ObjectIdentifier(f"{_AMD}.4")
 
@@ -75,6 +83,13 @@ _FILES = {
     "vcek": "sim-vcek.pem",
     "state": "sim-snp.json",
 }
+
+
+def _product(name: object) -> Product:
+    for product in PRODUCTS:
+        if name == product:
+            return product
+    raise ValueError(f"unknown SEV-SNP product {name!r}")
 
 
 def _der_integer(value: int) -> bytes:
@@ -123,6 +138,7 @@ class SimulatedSnp:
     vcek_key: ec.EllipticCurvePrivateKey = field(repr=False)
     chip_id: bytes
     tcb: Mapping[str, int]
+    product: Product = PRODUCT
 
     @classmethod
     def create(
@@ -131,15 +147,21 @@ class SimulatedSnp:
         now: datetime | None = None,
         chip_id: bytes | None = None,
         tcb: Mapping[str, int] = DEFAULT_TCB,
+        product: Product = PRODUCT,
     ) -> tuple[SimulatedSnp, rsa.RSAPrivateKey, rsa.RSAPrivateKey]:
         """A new machine; also returns the ARK and ASK private keys (to persist)."""
         now = now or datetime.now(UTC)
         chip_id = chip_id or secrets.token_bytes(64)
+        tcb = dict(tcb)
+        if product == "Turin":
+            tcb.setdefault("fmc", DEFAULT_TURIN_FMC)
+        else:
+            tcb.pop("fmc", None)
         ark_key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
         ask_key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
         vcek_key = ec.generate_private_key(ec.SECP384R1())
         start = now - timedelta(days=1)
-        ark_name, ask_name = _name(f"SIM-ARK-{PRODUCT}"), _name(f"SIM-SEV-{PRODUCT}")
+        ark_name, ask_name = _name(f"SIM-ARK-{product}"), _name(f"SIM-SEV-{product}")
 
         def ca(subject: x509.Name, issuer: x509.Name, public: rsa.RSAPublicKey,
                signer: rsa.RSAPrivateKey) -> x509.Certificate:  # fmt: skip
@@ -184,20 +206,20 @@ class SimulatedSnp:
             )
             .add_extension(
                 x509.UnrecognizedExtension(
-                    _OID_PRODUCT_NAME, b"\x16\x08" + f"{PRODUCT}-B0".encode("ascii")
+                    _OID_PRODUCT_NAME, b"\x16\x08" + f"{product}-B0".encode("ascii")
                 ),
                 critical=False,
             )
         )
-        for name, oid in _OID_SPL.items():
+        for name, value in tcb.items():
             builder = builder.add_extension(
-                x509.UnrecognizedExtension(oid, _der_integer(tcb[name])), critical=False
+                x509.UnrecognizedExtension(_OID_SPL[name], _der_integer(value)), critical=False
             )
-        # hwID: the raw 64-byte CHIP_ID, as the KDS encodes it.
-        builder = builder.add_extension(x509.UnrecognizedExtension(_OID_HWID, chip_id),
-                                        critical=False)  # fmt: skip
+        # hwID: the raw CHIP_ID as the KDS encodes it (Turin: its first 8 bytes).
+        hwid = chip_id[:8] if product == "Turin" else chip_id
+        builder = builder.add_extension(x509.UnrecognizedExtension(_OID_HWID, hwid), critical=False)
         vcek = builder.sign(ask_key, hashes.SHA384(), rsa_padding=_pss())
-        return cls(ark, ask, vcek, vcek_key, chip_id, dict(tcb)), ark_key, ask_key
+        return cls(ark, ask, vcek, vcek_key, chip_id, tcb, product), ark_key, ask_key
 
     @classmethod
     def load_or_create(cls, hw_dir: Path) -> SimulatedSnp:
@@ -212,7 +234,11 @@ class SimulatedSnp:
         _write_private(paths["vcek_key"], _private_pem(machine.vcek_key))
         for name, cert in (("ark", machine.ark), ("ask", machine.ask), ("vcek", machine.vcek)):
             paths[name].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        state = {"chip_id": machine.chip_id.hex(), "tcb": dict(machine.tcb), "product": PRODUCT}
+        state = {
+            "chip_id": machine.chip_id.hex(),
+            "tcb": dict(machine.tcb),
+            "product": machine.product,
+        }
         paths["state"].write_text(json.dumps(state, indent=2) + "\n")
         return machine
 
@@ -229,6 +255,7 @@ class SimulatedSnp:
             vcek_key=vcek_key,
             chip_id=bytes.fromhex(state["chip_id"]),
             tcb={str(k): int(v) for k, v in state["tcb"].items()},
+            product=_product(state.get("product", PRODUCT)),
         )
 
     def roots_pem(self) -> bytes:
@@ -272,8 +299,8 @@ class SimulatedSnp:
             raise ValueError("measurement is 48 bytes and host_data 32 bytes")
         if debug:
             policy |= 1 << 19
-        reported = encode_tcb(PRODUCT, **(reported_tcb or self.tcb))
-        current = encode_tcb(PRODUCT, **(current_tcb or reported_tcb or self.tcb))
+        reported = encode_tcb(self.product, **(reported_tcb or self.tcb))
+        current = encode_tcb(self.product, **(current_tcb or reported_tcb or self.tcb))
         major, minor, build = FIRMWARE
         data = bytearray(REPORT_SIZE)
         struct.pack_into(
@@ -288,7 +315,7 @@ class SimulatedSnp:
         data[0x140:0x160] = report_id or secrets.token_bytes(32)
         data[0x160:0x180] = REPORT_ID_MA_NONE
         struct.pack_into("<Q", data, 0x180, reported)
-        data[0x188:0x18B] = bytes(CPUID_MILAN)
+        data[0x188:0x18B] = bytes(CPUID[self.product])
         data[0x1A0:0x1E0] = chip_id if chip_id is not None else self.chip_id
         struct.pack_into(
             "<Q3Bx3BxQ", data, 0x1E0, current, build, minor, major, build, minor, major, current

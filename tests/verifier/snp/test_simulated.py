@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from enclave.attestation.evidence import EvidenceProvider
 from enclave.attestation.launch import LaunchIdentity
-from enclave.attestation.simulated.snp import SimulatedSnp
+from enclave.attestation.simulated.snp import DEFAULT_TCB, SimulatedSnp
 from verifier.errors import (
     BadCertificateChain,
     CertificateMismatch,
@@ -23,6 +24,7 @@ from verifier.errors import (
     Revoked,
 )
 from verifier.policy import Policy
+from verifier.roots import TrustRoots
 from verifier.snp.abi import AttestationReport
 from verifier.verify import Verifier
 
@@ -240,3 +242,54 @@ def test_garbage_crl_is_malformed(sim: SimulatedSnp, sim_verifier: Verifier) -> 
         sim_verifier.verify(
             "sev-snp", evidence.evidence, certs=evidence.certs, collateral=[b"\x30\x00"], at=NOW
         )
+
+
+@pytest.fixture(scope="module")
+def turin() -> SimulatedSnp:
+    tcb = {"bootloader": 1, "tee": 1, "snp": 4, "microcode": 82, "fmc": 2}
+    machine, _, _ = SimulatedSnp.create(product="Turin", tcb=tcb)
+    return machine
+
+
+@pytest.fixture(scope="module")
+def turin_verifier(turin: SimulatedSnp) -> Verifier:
+    return Verifier(TrustRoots.from_pem({"sev-snp": turin.roots_pem()}, simulated=True, label="t"))
+
+
+def test_turin_report_decodes_fmc_and_short_hwid(
+    turin: SimulatedSnp, turin_verifier: Verifier
+) -> None:
+    claims = turin_verifier.verify(
+        "sev-snp", turin.report(report_data=REPORT_DATA, measurement=LAUNCH.measurement),
+        certs=turin.certs(), at=NOW,
+    )  # fmt: skip
+    assert claims.details["product"] == "Turin"
+    tcb = claims.details["reported_tcb"]
+    assert isinstance(tcb, dict)
+    assert {k: tcb[k] for k in ("fmc", "bootloader", "tee", "snp", "microcode")} == {
+        "fmc": 2, "bootloader": 1, "tee": 1, "snp": 4, "microcode": 82,
+    }  # fmt: skip
+    Policy(allow_simulated=True, min_tcb={"fmc": 2, "microcode": 82}).evaluate(claims, NOW)
+    with pytest.raises(PolicyViolation, match=r"reported_tcb\.fmc: saw 2, expected >= 3"):
+        Policy(allow_simulated=True, min_tcb={"fmc": 3}).evaluate(claims, NOW)
+
+
+def test_turin_report_for_another_fmc_does_not_match(
+    turin: SimulatedSnp, turin_verifier: Verifier
+) -> None:
+    other = dict(turin.tcb) | {"fmc": 3}
+    report = turin.report(
+        report_data=REPORT_DATA, measurement=LAUNCH.measurement, reported_tcb=other
+    )
+    with pytest.raises(CertificateMismatch, match="fmc SPL"):
+        turin_verifier.verify("sev-snp", report, certs=turin.certs(), at=NOW)
+
+
+def test_cpuid_and_chain_must_name_the_same_product(
+    turin: SimulatedSnp, turin_verifier: Verifier
+) -> None:
+    # Signed by the Turin VCEK, but the report's CPUID says Milan.
+    milan_claiming = replace(turin, product="Milan", tcb=DEFAULT_TCB)
+    report = milan_claiming.report(report_data=REPORT_DATA, measurement=LAUNCH.measurement)
+    with pytest.raises(CertificateMismatch, match="CPUID says Milan"):
+        turin_verifier.verify("sev-snp", report, certs=turin.certs(), at=NOW)
