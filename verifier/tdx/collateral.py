@@ -24,6 +24,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from verifier._internal.x509 import Certificate, RevocationList, load_certificates
@@ -219,8 +220,10 @@ class Collateral:
     def from_items(cls, items: Sequence[bytes], memo: Memo[bytes, Collateral]) -> Collateral:
         if len(items) > MAX_COLLATERAL_ITEMS:
             raise CollateralError(f"more than {MAX_COLLATERAL_ITEMS} collateral files given")
-        parts = [memo.get_or_compute(hashlib.sha256(item).digest(), lambda i=item: _item(i))
-                 for item in items]  # fmt: skip
+        parts = [
+            memo.get_or_compute(hashlib.sha256(item).digest(), partial(_item, item))
+            for item in items
+        ]
         tcb_infos = [p.tcb_info for p in parts if p.tcb_info is not None]
         qe_identities = [p.qe_identity for p in parts if p.qe_identity is not None]
         # One TCB Info and one QE Identity per verification: with several, which one applies
@@ -249,11 +252,11 @@ def _item(data: bytes) -> Collateral:
         return Collateral(certificates=tuple(_certs(stripped)))
     try:
         return Collateral(crls=(RevocationList.from_bytes(data),))
-    except MalformedCertificate:
+    except (MalformedCertificate, ValueError):
         pass
     try:
         return Collateral(certificates=tuple(load_certificates(data)))
-    except MalformedCertificate:
+    except (MalformedCertificate, ValueError):
         raise CollateralError(
             "collateral file is neither TCB Info, QE Identity, a CRL nor a certificate"
         ) from None
@@ -313,6 +316,8 @@ def _crl(data: bytes) -> RevocationList:
         return RevocationList.from_bytes(data)
     except MalformedCertificate as exc:
         raise CollateralError(f"CRL is malformed: {exc.detail}") from None
+    except ValueError:  # corrupt PEM base64 (binascii.Error) from the shared parser
+        raise CollateralError("CRL PEM is not valid base64") from None
 
 
 def _certs(data: bytes) -> list[Certificate]:
@@ -320,6 +325,8 @@ def _certs(data: bytes) -> list[Certificate]:
         return load_certificates(data)
     except MalformedCertificate as exc:
         raise CollateralError(f"issuer chain is malformed: {exc.detail}") from None
+    except ValueError:  # corrupt PEM base64 (binascii.Error) from the shared loader
+        raise CollateralError("issuer chain PEM is not valid base64") from None
 
 
 def _top_level_spans(text: str) -> dict[str, tuple[int, int]]:

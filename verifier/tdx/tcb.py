@@ -103,6 +103,7 @@ def qe_verdict(identity: QeIdentity, report: EnclaveReport) -> QeVerdict:
 
 def evaluate(
     tcb_info: TcbInfo,
+    *,
     pck: PckTcb,
     tee_tcb_svn: bytes,
     mr_signer_seam: bytes,

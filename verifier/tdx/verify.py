@@ -21,6 +21,7 @@ import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -28,8 +29,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from verifier._internal.x509 import (
-    ChainVerifier,
     Certificate,
+    ChainVerifier,
     RevocationList,
     load_certificates,
     verify_signature,
@@ -114,9 +115,13 @@ def verify(
 
     # QVL 4.1.2.4.12: the QE report is signed by the PCK leaf key (ECDSA P-256, SHA-256).
     _verify_ecdsa(
-        pck.leaf_key, pck.leaf_key_id, quote.qe_report_signature, quote.qe_report.raw,
-        "QE report signature by the PCK key", memoise=True,
-    )  # fmt: skip
+        pck.leaf_key,
+        pck.leaf_key_id,
+        quote.qe_report_signature,
+        quote.qe_report.raw,
+        "QE report signature by the PCK key",
+        memoise=True,
+    )
     # QVL 4.1.2.4.13: QE REPORTDATA = SHA-256(attestation key || QE auth data) || 32 zeros.
     binding = hashlib.sha256(quote.attestation_key + quote.qe_auth_data).digest()
     report_data = quote.qe_report.report_data
@@ -125,15 +130,23 @@ def verify(
     # QVL 4.1.2.4.16 / Quote Format A.3.8: the attestation key signs header (+ v5 body
     # descriptor) + TD report body.
     _verify_ecdsa(
-        _attestation_key(quote.attestation_key), quote.attestation_key, quote.signature,
-        quote.signed_data, "quote signature by the attestation key", memoise=False,
-    )  # fmt: skip
+        _attestation_key(quote.attestation_key),
+        quote.attestation_key,
+        quote.signature,
+        quote.signed_data,
+        "quote signature by the attestation key",
+        memoise=False,
+    )
 
     details = _details(quote, pck)
     pck_issuer = pck.leaf.issuer
     details["revocation_checked"] = any(crl.issuer == pck_issuer for crl in crls)
     if endorsements.tcb_info is not None or endorsements.qe_identity is not None:
-        details.update(_appraise_tcb(quote, pck, endorsements, roots, at, chains))
+        details.update(
+            _appraise_tcb(
+                quote, pck=pck, endorsements=endorsements, roots=roots, at=at, chains=chains
+            )
+        )
     report = quote.report
     return Claims(
         platform="tdx",
@@ -147,6 +160,7 @@ def verify(
 
 def _appraise_tcb(
     quote: Quote,
+    *,
     pck: PckChain,
     endorsements: Collateral,
     roots: PlatformRoots,
@@ -157,7 +171,14 @@ def _appraise_tcb(
     qe_verdict: tcb.QeVerdict | None = None
     identity = endorsements.qe_identity
     if identity is not None:
-        _check_signed_document(identity.signed, "QE Identity", endorsements, roots, at, chains)
+        _check_signed_document(
+            identity.signed,
+            "QE Identity",
+            endorsements=endorsements,
+            roots=roots,
+            at=at,
+            chains=chains,
+        )
         _check_window(identity.issue_date, identity.next_update, at, "QE Identity")
         qe_verdict = tcb.qe_verdict(identity, quote.qe_report)
         out["qe_tcb_status"] = qe_verdict.status
@@ -165,14 +186,20 @@ def _appraise_tcb(
     info = endorsements.tcb_info
     if info is None:
         return out
-    _check_signed_document(info.signed, "TCB Info", endorsements, roots, at, chains)
+    _check_signed_document(
+        info.signed, "TCB Info", endorsements=endorsements, roots=roots, at=at, chains=chains
+    )
     _check_window(info.issue_date, info.next_update, at, "TCB Info")
     _check_applies(info, pck.extensions)
     report = quote.report
     verdict = tcb.evaluate(
-        info, pck.extensions.tcb, report.tee_tcb_svn, report.mr_signer_seam,
-        report.seam_attributes, qe_verdict,
-    )  # fmt: skip
+        info,
+        pck=pck.extensions.tcb,
+        tee_tcb_svn=report.tee_tcb_svn,
+        mr_signer_seam=report.mr_signer_seam,
+        seam_attributes=report.seam_attributes,
+        qe=qe_verdict,
+    )
     out["tcb_status"] = verdict.status
     out["advisory_ids"] = list(verdict.advisory_ids)
     out["tcb_date"] = verdict.tcb_date
@@ -218,6 +245,7 @@ def _check_crl_window(crl: RevocationList, at: datetime) -> None:
 def _check_signed_document(
     signed: SignedBody,
     what: str,
+    *,
     endorsements: Collateral,
     roots: PlatformRoots,
     at: datetime,
@@ -340,6 +368,9 @@ def _parse_pck_chain(data: bytes) -> PckChain:
         certs = load_certificates(data.rstrip(b"\x00"))
     except MalformedCertificate as exc:
         raise MalformedCertificate(f"PCK certificate chain: {exc.detail}") from None
+    except ValueError:  # corrupt PEM base64 (binascii.Error) from the shared loader
+        raise MalformedCertificate("PCK certificate chain: PEM is not valid base64") from None
+    _check_basic_constraints(certs)
     leaves = [
         c for c in certs if c.extension("1.2.840.113741.1.13.1") is not None and c.is_ca is not True
     ]
@@ -363,10 +394,31 @@ def _extra_certificates(certs: Sequence[bytes]) -> tuple[Certificate, ...]:
     for blob in certs:
         out.extend(
             _MEMOS.extra_certs.get_or_compute(
-                hashlib.sha256(blob).digest(), lambda b=blob: tuple(load_certificates(b))
+                hashlib.sha256(blob).digest(), partial(_load_extra, blob)
             )
         )
     return tuple(out)
+
+
+def _load_extra(blob: bytes) -> tuple[Certificate, ...]:
+    try:
+        certs = load_certificates(blob)
+    except ValueError:  # corrupt PEM base64 (binascii.Error) from the shared loader
+        raise MalformedCertificate("certificate PEM is not valid base64") from None
+    _check_basic_constraints(certs)
+    return tuple(certs)
+
+
+def _check_basic_constraints(certs: Sequence[Certificate]) -> None:
+    """Decode basicConstraints once, here, so that a malformed one is a typed error and not
+    a DerError raised later from inside the chain walk (``Certificate.is_ca``)."""
+    for cert in certs:
+        try:
+            _ = cert.is_ca
+        except ValueError:
+            raise MalformedCertificate(
+                f"{cert.common_name!r} has a malformed basicConstraints extension"
+            ) from None
 
 
 def _details(quote: Quote, pck: PckChain) -> dict[str, JsonValue]:

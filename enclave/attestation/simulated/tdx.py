@@ -86,10 +86,10 @@ def _oid(dotted: str) -> bytes:
     body = bytearray((40 * arcs[0] + arcs[1],))
     for arc in arcs[2:]:
         chunk = [arc & 0x7F]
-        arc >>= 7
-        while arc:
-            chunk.append(0x80 | (arc & 0x7F))
-            arc >>= 7
+        rest = arc >> 7
+        while rest:
+            chunk.append(0x80 | (rest & 0x7F))
+            rest >>= 7
         body.extend(reversed(chunk))
     return _tlv(0x06, bytes(body))
 
@@ -140,9 +140,9 @@ def _certificate(
     issuer: x509.Name,
     public: ec.EllipticCurvePublicKey,
     signer: ec.EllipticCurvePrivateKey,
+    *,
     start: datetime,
     years: int,
-    *,
     ca: bool,
     path_length: int | None = None,
     extensions: Sequence[x509.UnrecognizedExtension] = (),
@@ -218,31 +218,55 @@ class SimulatedTdx:
         root_name = _name("SIM Intel SGX Root CA")
         ca_name = _name("SIM Intel SGX PCK Platform CA")
         root = _certificate(
-            root_name, root_name, root_key.public_key(), root_key, start, ROOT_YEARS, ca=True
+            root_name,
+            root_name,
+            root_key.public_key(),
+            root_key,
+            start=start,
+            years=ROOT_YEARS,
+            ca=True,
         )
         pck_ca = _certificate(
-            ca_name, root_name, ca_key.public_key(), root_key, start, ROOT_YEARS, ca=True,
+            ca_name,
+            root_name,
+            ca_key.public_key(),
+            root_key,
+            start=start,
+            years=ROOT_YEARS,
+            ca=True,
             path_length=0,
-        )  # fmt: skip
+        )
         extension = sgx_extension(
             fmspc=DEFAULT_FMSPC,
             pce_id=DEFAULT_PCE_ID,
             sgx_components=DEFAULT_SGX_COMPONENTS,
             pce_svn=DEFAULT_PCE_SVN,
             cpu_svn=DEFAULT_CPU_SVN,
-            ppid=hashlib.sha256(pck_key.public_key().public_bytes(
-                serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
-            )).digest()[:16],
-        )  # fmt: skip
+            ppid=hashlib.sha256(
+                pck_key.public_key().public_bytes(
+                    serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+                )
+            ).digest()[:16],
+        )
         pck = _certificate(
-            _name("SIM Intel SGX PCK Certificate"), ca_name, pck_key.public_key(), ca_key,
-            start, PCK_YEARS, ca=False,
+            _name("SIM Intel SGX PCK Certificate"),
+            ca_name,
+            pck_key.public_key(),
+            ca_key,
+            start=start,
+            years=PCK_YEARS,
+            ca=False,
             extensions=(x509.UnrecognizedExtension(_OID_SGX_EXTENSIONS, extension),),
-        )  # fmt: skip
+        )
         tcb_signing = _certificate(
-            _name("SIM Intel SGX TCB Signing"), root_name, tcb_key.public_key(), root_key,
-            start, PCK_YEARS, ca=False,
-        )  # fmt: skip
+            _name("SIM Intel SGX TCB Signing"),
+            root_name,
+            tcb_key.public_key(),
+            root_key,
+            start=start,
+            years=PCK_YEARS,
+            ca=False,
+        )
         machine = cls(root, pck_ca, pck, tcb_signing, pck_key, att_key, tcb_key)
         return machine, root_key, ca_key
 
@@ -310,9 +334,13 @@ class SimulatedTdx:
         check_report_data(report_data)
         if len(mrtd) != 48 or len(mr_config_id) != 48 or len(mr_owner) != 48:
             raise ValueError("MRTD, MRCONFIGID and MROWNER are 48 bytes")
-        rtmr_values = list(rtmrs) if rtmrs is not None else [
-            hashlib.sha384(b"kms-sim-tdx-rtmr" + bytes((i,)) + mrtd).digest() for i in range(4)
-        ]  # fmt: skip
+        rtmr_values = (
+            list(rtmrs)
+            if rtmrs is not None
+            else [
+                hashlib.sha384(b"kms-sim-tdx-rtmr" + bytes((i,)) + mrtd).digest() for i in range(4)
+            ]
+        )
         if len(rtmr_values) != 4 or any(len(v) != 48 for v in rtmr_values):
             raise ValueError("four 48-byte RTMRs")
         td_attributes = bytearray(TD_ATTRIBUTES_DEFAULT)
@@ -324,11 +352,20 @@ class SimulatedTdx:
         )
         body = b"".join(
             (
-                tee_tcb_svn or self.tee_tcb_svn, MR_SEAM, bytes(48), SEAM_ATTRIBUTES,
-                bytes(td_attributes), XFAM_DEFAULT, mrtd, mr_config_id, mr_owner,
-                mr_owner_config, *rtmr_values, report_data,
+                tee_tcb_svn or self.tee_tcb_svn,
+                MR_SEAM,
+                bytes(48),
+                SEAM_ATTRIBUTES,
+                bytes(td_attributes),
+                XFAM_DEFAULT,
+                mrtd,
+                mr_config_id,
+                mr_owner,
+                mr_owner_config,
+                *rtmr_values,
+                report_data,
             )
-        )  # fmt: skip
+        )
         if version == 5:
             body += bytes(16) + bytes(48)  # TEE_TCB_SVN_2, MRSERVICETD (TDX 1.5 body)
             header += struct.pack("<HI", 3, len(body))
@@ -395,7 +432,7 @@ class SimulatedTdx:
             own_level["advisoryIDs"] = list(advisory_ids)
         old_level = {
             "tcb": {
-                "sgxtcbcomponents": components([1] * 8 + [0] * 8),
+                "sgxtcbcomponents": components([1, 1, 1, 1, 1, 1, 0, 1] + [0] * 8),
                 "pcesvn": 5,
                 "tdxtcbcomponents": components([0] * 16),
             },
@@ -423,9 +460,12 @@ class SimulatedTdx:
                     "id": f"TDX_{self.tee_tcb_svn[1]:02X}",
                     **module,
                     "tcbLevels": [
-                        {"tcb": {"isvsvn": self.tee_tcb_svn[0]},
-                         "tcbDate": "2025-01-01T00:00:00Z", "tcbStatus": "UpToDate"},
-                    ],  # fmt: skip
+                        {
+                            "tcb": {"isvsvn": self.tee_tcb_svn[0]},
+                            "tcbDate": "2025-01-01T00:00:00Z",
+                            "tcbStatus": "UpToDate",
+                        },
+                    ],
                 }
             ],
             "tcbLevels": [own_level, old_level],
@@ -443,9 +483,12 @@ class SimulatedTdx:
             "mrsigner": QE_MR_SIGNER.hex(),
             "isvprodid": QE_ISV_PROD_ID,
             "tcbLevels": [
-                {"tcb": {"isvsvn": QE_ISV_SVN}, "tcbDate": "2025-01-01T00:00:00Z",
-                 "tcbStatus": qe_status},
-            ],  # fmt: skip
+                {
+                    "tcb": {"isvsvn": QE_ISV_SVN},
+                    "tcbDate": "2025-01-01T00:00:00Z",
+                    "tcbStatus": qe_status,
+                },
+            ],
         }
         return (
             self._signed_document("tcbInfo", tcb_info),

@@ -31,8 +31,13 @@ def production() -> Verifier:
 
 
 @pytest.fixture(scope="session")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> SimulatedTdx:
-    return SimulatedTdx.load_or_create(tmp_path_factory.mktemp("tdx-hw"))
+def sim_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("tdx-hw")
+
+
+@pytest.fixture(scope="session")
+def sim(sim_dir: Path) -> SimulatedTdx:
+    return SimulatedTdx.load_or_create(sim_dir)
 
 
 @pytest.fixture(scope="session")

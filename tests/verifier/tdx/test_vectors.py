@@ -31,9 +31,17 @@ VALID = [
     ("trustee_v4_quote_6.bin", 4, 2, "00a06d080000", "21e8dead", "1e88", "26cae1c7", "2cfd"),
     ("trustee_azure_v4_td_quote.bin", 4, 2, "00806f050000", "024a32b0", "ab7b", "9734504f", "3839"),
     ("teekit_azure_v4_quote.b64", 4, 2, "00806f050000", "fe27b2aa", "0d0a", "675b293e", "5afe"),
-    ("teekit_edgeless_v4_quote.bin", 4, 2, "00806f050000", "b65ea009", "f71b",
-     b"Hello from Edgeless Systems!".hex()[:8], b"Hello from Edgeless Systems!".hex()[-4:]),
-]  # fmt: skip
+    (
+        "teekit_edgeless_v4_quote.bin",
+        4,
+        2,
+        "00806f050000",
+        "b65ea009",
+        "f71b",
+        b"Hello from Edgeless Systems!".hex()[:8],
+        b"Hello from Edgeless Systems!".hex()[-4:],
+    ),
+]
 
 
 @pytest.mark.parametrize(
@@ -96,40 +104,79 @@ def test_expected_report_data_is_enforced(production: Verifier) -> None:
 QVL_WINDOW_2025 = "2025-10-28T12:00:00Z"
 STATUS_CASES = [
     ("dcapqvl_v4_quote.bin", ["dcapqvl_v4_collateral.json"], "2025-06-20T00:00:00Z", "UpToDate"),
-    ("dcapqvl_v5_quote_outdated.bin", ["dcapqvl_v5_outdated_collateral.json"],
-     "2026-03-01T00:00:00Z", "TCB_NOT_SUPPORTED"),
-    ("gotdx_v4_quote_spr_e4.bin",
-     ["gotdx_tcbinfo_50806f000000.json", "gotdx_qe_identity_2023.json",
-      "gotdx_pck_platform_crl.der", "gotdx_root_ca_crl.der"],
-     "2023-06-20T00:00:00Z", "TCB_NOT_SUPPORTED"),
-    ("gotdx_v4_quote_cos113_padded8000.bin",
-     ["teekit_tcbinfo_00806f050000.json", "trustee_qe_identity_2025.json"],
-     QVL_WINDOW_2025, "UpToDate"),
-    ("trustee_v4_quote_nopad.bin",
-     ["teekit_tcbinfo_50806f000000.json", "trustee_qe_identity_2025.json"],
-     QVL_WINDOW_2025, "OutOfDate"),
-    ("trustee_v5_quote.bin",
-     ["teekit_tcbinfo_90c06f000000.json", "trustee_qe_identity_2025.json"],
-     QVL_WINDOW_2025, "TCB_NOT_SUPPORTED"),
-    ("trustee_azure_v4_td_quote.bin",
-     ["teekit_tcbinfo_00806f050000.json", "trustee_qe_identity_2025.json"],
-     QVL_WINDOW_2025, "OutOfDate"),
-    ("teekit_azure_v4_quote.b64",
-     ["teekit_tcbinfo_00806f050000.json", "trustee_qe_identity_2025.json"],
-     QVL_WINDOW_2025, "UpToDate"),
-    ("teekit_edgeless_v4_quote.bin",
-     ["teekit_tcbinfo_00806f050000.json", "trustee_qe_identity_2025.json"],
-     QVL_WINDOW_2025, "OutOfDate"),
-    ("dcapqvl_v4_quote_0x.hex",
-     ["teekit_tcbinfo_b0c06f000000.json", "trustee_qe_identity_2025.json"],
-     QVL_WINDOW_2025, "TCB_NOT_SUPPORTED"),
-    ("trustee_v4_quote_6.bin",
-     ["trustee_tcbinfo_00a06d080000.json", "trustee_qe_identity_2025.json"],
-     "2025-11-01T00:00:00Z", "OutOfDate"),
+    (
+        "dcapqvl_v5_quote_outdated.bin",
+        ["dcapqvl_v5_outdated_collateral.json"],
+        "2026-03-01T00:00:00Z",
+        "TCB_NOT_SUPPORTED",
+    ),
+    (
+        "gotdx_v4_quote_spr_e4.bin",
+        [
+            "gotdx_tcbinfo_50806f000000.json",
+            "gotdx_qe_identity_2023.json",
+            "gotdx_pck_platform_crl.der",
+            "gotdx_root_ca_crl.der",
+        ],
+        "2023-06-20T00:00:00Z",
+        "TCB_NOT_SUPPORTED",
+    ),
+    (
+        "gotdx_v4_quote_cos113_padded8000.bin",
+        ["teekit_tcbinfo_00806f050000.json", "trustee_qe_identity_2025.json"],
+        QVL_WINDOW_2025,
+        "UpToDate",
+    ),
+    (
+        "trustee_v4_quote_nopad.bin",
+        ["teekit_tcbinfo_50806f000000.json", "trustee_qe_identity_2025.json"],
+        QVL_WINDOW_2025,
+        "OutOfDate",
+    ),
+    (
+        "trustee_v5_quote.bin",
+        ["teekit_tcbinfo_90c06f000000.json", "trustee_qe_identity_2025.json"],
+        QVL_WINDOW_2025,
+        "TCB_NOT_SUPPORTED",
+    ),
+    (
+        "trustee_azure_v4_td_quote.bin",
+        ["teekit_tcbinfo_00806f050000.json", "trustee_qe_identity_2025.json"],
+        QVL_WINDOW_2025,
+        "OutOfDate",
+    ),
+    (
+        "teekit_azure_v4_quote.b64",
+        ["teekit_tcbinfo_00806f050000.json", "trustee_qe_identity_2025.json"],
+        QVL_WINDOW_2025,
+        "UpToDate",
+    ),
+    (
+        "teekit_edgeless_v4_quote.bin",
+        ["teekit_tcbinfo_00806f050000.json", "trustee_qe_identity_2025.json"],
+        QVL_WINDOW_2025,
+        "OutOfDate",
+    ),
+    (
+        "dcapqvl_v4_quote_0x.hex",
+        ["teekit_tcbinfo_b0c06f000000.json", "trustee_qe_identity_2025.json"],
+        QVL_WINDOW_2025,
+        "TCB_NOT_SUPPORTED",
+    ),
+    (
+        "trustee_v4_quote_6.bin",
+        ["trustee_tcbinfo_00a06d080000.json", "trustee_qe_identity_2025.json"],
+        "2025-11-01T00:00:00Z",
+        "OutOfDate",
+    ),
     # No in-date TD_QE identity exists for this pairing: TCB Info alone.
-    ("gotdx_v5_quote.bin", ["gotdx_tcbinfo_90c06f000000_2026.json"],
-     "2026-02-15T00:00:00Z", "UpToDate"),
-]  # fmt: skip
+    (
+        "gotdx_v5_quote.bin",
+        ["gotdx_tcbinfo_90c06f000000_2026.json"],
+        "2026-02-15T00:00:00Z",
+        "UpToDate",
+    ),
+]
 
 
 @pytest.mark.parametrize(
@@ -154,7 +201,10 @@ def test_advisories_and_module_status_are_reported(production: Verifier) -> None
     claims = production.verify(
         "tdx",
         read("trustee_azure_v4_td_quote.bin"),
-        collateral=[read("teekit_tcbinfo_00806f050000.json"), read("trustee_qe_identity_2025.json")],
+        collateral=[
+            read("teekit_tcbinfo_00806f050000.json"),
+            read("trustee_qe_identity_2025.json"),
+        ],
         at=utc(QVL_WINDOW_2025),
     )
     # PROVENANCE: TDX module TDX_01 isvsvn 2 is OutOfDate.
@@ -181,14 +231,18 @@ def test_crls_are_checked_and_reported(production: Verifier) -> None:
         ("dcapqvl_v4_quote.bin", ["dcapqvl_v4_collateral.json"], "2025-08-01T00:00:00Z"),
         # before the TCB Info issueDate (PCK chain already valid)
         ("dcapqvl_v4_quote.bin", ["dcapqvl_v4_collateral.json"], "2025-06-19T00:00:00Z"),
-        ("gotdx_v5_quote.bin",
-         ["gotdx_tcbinfo_90c06f000000_2026.json", "gotdx_qe_identity_2023.json"],
-         "2026-02-15T00:00:00Z"),
-        ("trustee_v4_quote_6.bin",
-         ["trustee_tcbinfo_00a06d080000.json", "trustee_qe_identity_2025.json"],
-         "2025-12-01T00:00:00Z"),
+        (
+            "gotdx_v5_quote.bin",
+            ["gotdx_tcbinfo_90c06f000000_2026.json", "gotdx_qe_identity_2023.json"],
+            "2026-02-15T00:00:00Z",
+        ),
+        (
+            "trustee_v4_quote_6.bin",
+            ["trustee_tcbinfo_00a06d080000.json", "trustee_qe_identity_2025.json"],
+            "2025-12-01T00:00:00Z",
+        ),
         ("gotdx_v4_quote_spr_e4.bin", ["gotdx_pck_platform_crl.der"], "2023-07-09T00:00:00Z"),
-    ],  # fmt: skip
+    ],
     ids=["after-next-update", "before-issue", "stale-qe-identity", "stale-tcb-info", "stale-crl"],
 )
 def test_collateral_out_of_window_is_collateral_expired(
