@@ -105,12 +105,12 @@ class CoseSign1:
             if outer.tag != COSE_SIGN1_TAG:
                 raise MalformedEvidence(f"CBOR tag {outer.tag} is not COSE_Sign1 (18)")
             outer, tagged = outer.value, True
-        if not isinstance(outer, list) or len(outer) != 4:
+        if not isinstance(outer, list | tuple) or len(outer) != 4:
             raise MalformedEvidence("COSE_Sign1 must be an array of four items")
         protected, unprotected, payload, signature = outer
         if not isinstance(protected, bytes):
             raise MalformedEvidence("COSE_Sign1 protected header must be a byte string")
-        if not isinstance(unprotected, dict):
+        if not isinstance(unprotected, Mapping):
             raise MalformedEvidence("COSE_Sign1 unprotected header must be a map")
         if not isinstance(payload, bytes):
             # RFC 9052 4.2: nil means a detached payload, which an NSM never produces.

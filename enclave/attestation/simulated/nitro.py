@@ -176,11 +176,16 @@ class SimulatedNitro:
         module_id: str,
         pcrs: Mapping[int, bytes],
         now: datetime,
-        user_data: bytes | None = None,
-        nonce: bytes | None = None,
-        public_key: bytes | None = None,
+        user_data: bytes | str | None = None,
+        nonce: bytes | str | None = None,
+        public_key: bytes | str | None = None,
     ) -> bytes:
-        """What NSM ``Attestation`` returns: an untagged COSE_Sign1 document."""
+        """What NSM ``Attestation`` returns: an untagged COSE_Sign1 document.
+
+        The optional fields may be given as text to imitate producers that put ASCII text
+        where the specification says bstr (seen in real documents); the NSM itself sends
+        byte strings.
+        """
         if now.tzinfo is None:
             raise ValueError("the simulated NSM clock must be timezone-aware")
         leaf_key = ec.generate_private_key(ec.SECP384R1())
