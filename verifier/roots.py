@@ -43,7 +43,9 @@ class PlatformRoots:
 
     @classmethod
     def from_certificates(cls, certs: list[Certificate]) -> PlatformRoots:
-        anchors, intermediates, seen = [], [], set()
+        anchors: list[Certificate] = []
+        intermediates: list[Certificate] = []
+        seen: set[bytes] = set()
         for cert in certs:
             if cert.fingerprint in seen:
                 continue

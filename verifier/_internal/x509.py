@@ -49,17 +49,18 @@ OID_SHA512 = "2.16.840.1.101.3.4.2.3"
 OID_BASIC_CONSTRAINTS = "2.5.29.19"
 OID_COMMON_NAME = "2.5.4.3"
 
-_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
+_HashFactory = type[hashes.SHA256] | type[hashes.SHA384] | type[hashes.SHA512]
+_HASHES: dict[str, _HashFactory] = {
     OID_SHA256: hashes.SHA256,
     OID_SHA384: hashes.SHA384,
     OID_SHA512: hashes.SHA512,
 }
-_ECDSA_HASHES = {
+_ECDSA_HASHES: dict[str, _HashFactory] = {
     OID_ECDSA_SHA256: hashes.SHA256,
     OID_ECDSA_SHA384: hashes.SHA384,
     OID_ECDSA_SHA512: hashes.SHA512,
 }
-_RSA_HASHES = {
+_RSA_HASHES: dict[str, _HashFactory] = {
     OID_RSA_SHA256: hashes.SHA256,
     OID_RSA_SHA384: hashes.SHA384,
     OID_RSA_SHA512: hashes.SHA512,
