@@ -80,7 +80,9 @@ TCB_EXTENSIONS: tuple[tuple[str, str], ...] = (
 CHIP_ID_SIZE = 64
 TURIN_HWID_SIZE = 8  # Turin VCEKs are issued for the first 8 bytes of CHIP_ID
 MAX_CERT_BLOBS = 16
+MAX_CERT_BLOB_BYTES = 256 * 1024  # a PEM bundle of VCEK + ASK + ARK is about 6.5 KiB
 MAX_COLLATERAL_BLOBS = 16
+MAX_COLLATERAL_BLOB_BYTES = 1024 * 1024  # AMD's CRLs are a few KiB
 
 KeyKind = Literal["vcek", "vlek"]
 K = TypeVar("K")
@@ -185,6 +187,8 @@ class SnpCache:
 
     def certificates(self, blob: bytes) -> tuple[tuple[Certificate, bool], ...]:
         """The certificates in ``blob``, each with whether it can be an end-entity (leaf)."""
+        if len(blob) > MAX_CERT_BLOB_BYTES:
+            raise MalformedCertificate(f"certificate file is larger than {MAX_CERT_BLOB_BYTES}")
         return self._cert_files.get_or_make(
             hashlib.sha256(blob).digest(), lambda: _load_certificates(blob)
         )
@@ -195,6 +199,8 @@ class SnpCache:
         )
 
     def crl(self, blob: bytes) -> RevocationList:
+        if len(blob) > MAX_COLLATERAL_BLOB_BYTES:
+            raise MalformedCertificate(f"CRL is larger than {MAX_COLLATERAL_BLOB_BYTES} bytes")
         return self._crls.get_or_make(hashlib.sha256(blob).digest(), lambda: _load_crl(blob))
 
 
@@ -207,7 +213,10 @@ def cache_for(chains: ChainVerifier) -> SnpCache:
     The cache lives and dies with the ``ChainVerifier`` the caller already shares between
     calls, which is the same lifetime and trust configuration as its link cache.
     """
-    slots = vars(chains)
+    try:
+        slots = vars(chains)
+    except TypeError:  # a ChainVerifier without __dict__: correct, just uncached
+        return SnpCache(max_entries=8)
     cache = slots.get(_CACHE_ATTRIBUTE)
     if not isinstance(cache, SnpCache):
         cache = slots.setdefault(_CACHE_ATTRIBUTE, SnpCache())

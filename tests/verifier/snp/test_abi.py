@@ -14,6 +14,7 @@ from verifier.snp.abi import (
     AttestationReport,
     Cpuid,
     GuestPolicy,
+    Product,
     TcbVersion,
     encode_tcb,
 )
@@ -157,8 +158,8 @@ def test_tcb_layout_turin() -> None:
 
 
 @pytest.mark.parametrize("product", ["Milan", "Genoa", "Turin"])
-def test_tcb_encode_roundtrip(product: str) -> None:
+def test_tcb_encode_roundtrip(product: Product) -> None:
     parts = {"bootloader": 9, "tee": 1, "snp": 24, "microcode": 219}
     fmc = {"fmc": 5} if product == "Turin" else {}
-    raw = encode_tcb(product, **parts, **fmc)  # type: ignore[arg-type]
-    assert TcbVersion.decode(raw, product).components() == parts | fmc  # type: ignore[arg-type]
+    raw = encode_tcb(product, **parts, **fmc)
+    assert TcbVersion.decode(raw, product).components() == parts | fmc

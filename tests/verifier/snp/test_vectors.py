@@ -292,3 +292,38 @@ def test_same_verifier_repeats_verdicts(production: Verifier) -> None:
             production.verify("sev-snp", tampered, certs=[vcek], at=VCEK_TIME)
         with pytest.raises(Expired):
             production.verify("sev-snp", report, certs=[vcek], at=datetime(2031, 1, 1, tzinfo=UTC))
+
+
+def test_oversized_certificate_file_is_malformed(production: Verifier) -> None:
+    with pytest.raises(MalformedCertificate, match="larger"):
+        production.verify(
+            "sev-snp", vector("virtee_milan_v2_report.hex"), certs=[b"\x00" * (300 * 1024)],
+            at=VCEK_TIME,
+        )  # fmt: skip
+
+
+def test_too_many_certificate_files_is_malformed(production: Verifier) -> None:
+    vcek = vector("virtee_milan_v2_vcek.der")
+    with pytest.raises(MalformedCertificate, match="more than"):
+        production.verify(
+            "sev-snp", vector("virtee_milan_v2_report.hex"), certs=[vcek] * 17, at=VCEK_TIME
+        )
+
+
+def test_duplicate_vcek_is_tolerated(production: Verifier) -> None:
+    vcek = vector("virtee_milan_v2_vcek.der")
+    production.verify(
+        "sev-snp", vector("virtee_milan_v2_report.hex"), certs=[vcek, vcek], at=VCEK_TIME
+    )
+
+
+def test_vcek_and_vlek_together_pick_by_signing_key(production: Verifier) -> None:
+    certs = [vector("trustee_milan_v2_vcek.der"), vector("trustee_milan_vlek.der")]
+    vlek_claims = production.verify(
+        "sev-snp", vector("trustee_milan_v3_vlek_report.bin"), certs=certs, at=VLEK_TIME
+    )
+    assert vlek_claims.details["signing_key"] == "vlek"
+    vcek_claims = production.verify(
+        "sev-snp", vector("trustee_milan_v2_report.bin"), certs=certs, at=VLEK_TIME
+    )
+    assert vcek_claims.details["signing_key"] == "vcek"
