@@ -146,11 +146,14 @@ _HTTP_EXCEPTION_SLUGS: dict[int, str] = {
 }
 
 
+_KEPT_HEADERS = ("allow", "retry-after", "cache-control")
+
+
 def _from_http_exception(exc: web.HTTPException, instance: str) -> web.StreamResponse:
     status = exc.status
     slug = _HTTP_EXCEPTION_SLUGS.get(status, f"http-{status}")
     title = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else exc.reason
-    headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+    headers = {k: v for k, v in exc.headers.items() if k.lower() in _KEPT_HEADERS}
     detail = None
     if status == 404:
         detail = f"no resource at {instance}"
@@ -177,10 +180,12 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     if response.status >= 400 and response.content_type != PROBLEM_CONTENT_TYPE:
         # A handler returned a bare error response: keep the status, give it a problem body.
         if isinstance(response, web.Response) and not response.prepared:
+            kept = {k: v for k, v in response.headers.items() if k.lower() in _KEPT_HEADERS}
             return problem_response(
                 response.status,
                 _HTTP_EXCEPTION_SLUGS.get(response.status, f"http-{response.status}"),
                 response.reason,
                 instance=instance,
+                headers=kept,
             )
     return response

@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlencode, urlsplit
 
 import aiohttp
+from multidict import CIMultiDict
 
 from kms.attest import AttestationAnswer, AttestationResult, Attestor, new_nonce
 from kms.errors import (
@@ -174,7 +175,7 @@ async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]
         name, sep, value = raw.partition(":")
         if not sep:
             raise ValueError("malformed header line")
-        headers[name.strip().title()] = value.strip()
+        headers[name.strip().title()] = value.strip()  # Title-Case: one spelling
     raise ValueError("too many header lines")
 
 
@@ -421,7 +422,7 @@ class AsyncKmsClient:
                 method, endpoint.url + path, data=data, headers=headers, allow_redirects=False
             ) as response:
                 body = await _read_limited(response, self.profile.client.max_answer_bytes)
-                status, response_headers = response.status, dict(response.headers)
+                status, response_headers = response.status, CIMultiDict(response.headers)
         except aiohttp.ServerFingerprintMismatch:
             # The endpoint no longer holds the attested key: attest it again before sending.
             await endpoint.forget()
