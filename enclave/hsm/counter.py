@@ -36,9 +36,11 @@ class HsmMonotonicCounter:
     ``read_async``/``advance_async``.
     """
 
-    def __init__(self, backend: HsmBackend) -> None:
+    def __init__(self, backend: HsmBackend, label: str | None = None) -> None:
         self._backend = backend
-        self._label = backend.config.counter_label
+        self._label = label or backend.config.counter_label
+        if len(self._label.encode()) > 128:
+            raise ValueError("counter label must be at most 128 bytes")
 
     def __repr__(self) -> str:
         return f"HsmMonotonicCounter(label={self._label!r})"
