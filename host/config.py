@@ -18,8 +18,6 @@ from host.errors import ConfigError
 MAX_PORT = 65535
 MAX_VSOCK_FIELD = 0xFFFFFFFF
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes on Linux, including the terminating NUL
-# asyncio's selector transports read up to this much per recv() (selector_events.max_size).
-TRANSPORT_RECV_BYTES = 256 * 1024
 
 
 def _port(text: str, what: str, *, maximum: int = MAX_PORT) -> int:
@@ -131,9 +129,8 @@ class ProxyConfig:
     connect_timeout: float = 5.0  # to reach the enclave socket
     shutdown_grace: float = 10.0  # in-flight connections may finish within this on stop
     close_timeout: float = 5.0  # a closed side may flush its buffered bytes within this
-    read_chunk_bytes: int = 64 * 1024  # largest single read forwarded at once
-    stream_limit_bytes: int = 64 * 1024  # StreamReader limit; reading pauses at twice it
-    write_high_water_bytes: int = 64 * 1024  # drain() waits above this
+    read_chunk_bytes: int = 64 * 1024  # largest single read (recv) forwarded at once
+    write_high_water_bytes: int = 64 * 1024  # reading the other side pauses above this
     backlog: int = 128
 
     def __post_init__(self) -> None:
@@ -143,7 +140,7 @@ class ProxyConfig:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and 0 < value < math.inf):
                 raise ConfigError(f"{name} must be a positive number of seconds")
-        for name in ("read_chunk_bytes", "stream_limit_bytes", "write_high_water_bytes"):
+        for name in ("read_chunk_bytes", "write_high_water_bytes"):
             if not 1024 <= getattr(self, name) <= 16 * 1024 * 1024:
                 raise ConfigError(f"{name} must be between 1 KiB and 16 MiB")
         if not 1 <= self.backlog <= 65535:
@@ -153,14 +150,8 @@ class ProxyConfig:
     def max_buffered_bytes_per_connection(self) -> int:
         """Upper bound on the bytes the proxy holds for one connection, both directions.
 
-        Per direction: the StreamReader buffer (reading pauses once it exceeds twice its
-        limit, but one more recv() of up to ``TRANSPORT_RECV_BYTES`` may land), plus the
-        chunk in hand, plus the transport write buffer up to its high-water mark.
+        Per direction: one receive buffer of ``read_chunk_bytes``, and the transport write
+        buffer, which reaches at most the high-water mark plus the one chunk whose write
+        crossed it (reading from the other side pauses there until it drains).
         """
-        per_direction = (
-            2 * self.stream_limit_bytes
-            + TRANSPORT_RECV_BYTES
-            + self.read_chunk_bytes
-            + self.write_high_water_bytes
-        )
-        return 2 * per_direction
+        return 2 * (2 * self.read_chunk_bytes + self.write_high_water_bytes)

@@ -11,22 +11,28 @@ Limits (see ``ProxyConfig``):
 
 * connections over ``max_connections`` are accepted and closed at once (no waiting room);
 * a connection with no byte moving either way for ``idle_timeout`` seconds is closed on
-  both sides (a byte counts as moving when it is read, or when a peer drains some of what
-  the proxy buffered for it, so a slow but live reader is not cut off);
-* each direction reads at most ``read_chunk_bytes`` at a time and awaits ``drain()`` before
-  reading again, so a slow reader stalls its sender instead of growing a buffer;
+  both sides (a byte counts as moving when it is received, or when a peer drains some of
+  what the proxy holds for it, so a slow but live reader is not cut off);
+* each side receives into a fixed buffer of ``read_chunk_bytes``; when the other side's
+  write buffer passes ``write_high_water_bytes`` reading stops until it drains, so a slow
+  reader stalls its sender instead of growing a buffer;
 * EOF one way is passed on as ``write_eof()`` the other way; the connection ends when both
-  ways have ended, or at once when either side errors (then both are aborted);
+  ways have ended, or when either socket closes (an error on one aborts the other);
 * ``stop()`` stops accepting, lets connections finish for ``shutdown_grace`` seconds, then
   aborts what is left.
+
+Why protocols, not streams: this is asyncio's own streams flow control (``drain()`` is
+built on ``pause_writing``/``resume_writing``) without a task switch and a future per chunk.
+With streams the relay cost as much CPU per request as the HTTPS server behind it, which on
+two cores cut keep-alive throughput to about 0.75 of direct (``bench/bench_proxy.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -41,23 +47,242 @@ class ProxyStats:
     """Counters for metrics: plain attributes, updated in place by the event loop."""
 
     active_connections: int = 0
-    total_connections: int = 0  # accepted and forwarded to the enclave
+    total_connections: int = 0  # accepted and connected through to the enclave
     rejected_connections: int = 0  # closed at once: over the limit or shutting down
     enclave_connect_failures: int = 0
     idle_timeouts: int = 0
-    aborted_connections: int = 0  # closed because a side errored, timed out or at shutdown
+    aborted_connections: int = 0  # closed because a side errored, idled or at shutdown
     bytes_client_to_enclave: int = 0
     bytes_enclave_to_client: int = 0
 
 
-async def open_enclave_connection(
-    address: EnclaveAddress, *, limit: int
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Open a stream to the enclave. Raises ``EnclaveUnreachable`` or ``OSError``."""
+class _Side(asyncio.BufferedProtocol):
+    """One socket of a relayed connection: what it receives is written to the other side."""
+
+    def __init__(self, relay: _Relay, *, is_client: bool) -> None:
+        self.relay = relay
+        self.is_client = is_client
+        self.transport: asyncio.Transport | None = None
+        self.peer: _Side | None = None
+        self.eof = False
+        self.lost = False
+        self._buffer = bytearray(relay.config.read_chunk_bytes)
+        self._view = memoryview(self._buffer)
+
+    # asyncio.BaseProtocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=self.relay.config.write_high_water_bytes)
+        if self.is_client:
+            self.relay.client_connected(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.relay.side_lost(self, exc)
+
+    def pause_writing(self) -> None:
+        # Our outgoing buffer is full: stop reading what fills it.
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.resume_reading()
+        self.relay.touch()
+
+    # asyncio.BufferedProtocol
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._view  # fixed size: no read is ever larger than read_chunk_bytes
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.relay.forward(self, bytes(self._view[:nbytes]))
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self.relay.side_eof(self)
+        return True  # keep our sending half open: the other direction may still flow
+
+
+class _Relay:
+    """One client connection and its enclave connection."""
+
+    def __init__(self, proxy: HostProxy) -> None:
+        self.proxy = proxy
+        self.config = proxy.config
+        self.stats = proxy.stats
+        self.loop = asyncio.get_running_loop()
+        self.client: _Side | None = None
+        self.enclave: _Side | None = None
+        self.done: asyncio.Future[None] = self.loop.create_future()
+        self.last_activity = self.loop.time()
+        self.aborted = False
+        self._connecting: asyncio.Task[None] | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._write_buffers: tuple[int, ...] = ()
+
+    # --- lifecycle -------------------------------------------------------------------
+    def client_connected(self, client: _Side) -> None:
+        self.client = client
+        assert client.transport is not None
+        proxy = self.proxy
+        if proxy.closing or len(proxy.relays) >= self.config.max_connections:
+            self.stats.rejected_connections += 1
+            self._finish_quietly()
+            client.transport.abort()
+            return
+        proxy.relays.add(self)
+        self.stats.active_connections += 1
+        # Hold the client's bytes in the kernel until the enclave side exists.
+        client.transport.pause_reading()
+        self._connecting = self.loop.create_task(self._connect_enclave())
+
+    async def _connect_enclave(self) -> None:
+        enclave = _Side(self, is_client=False)
+        try:
+            async with asyncio.timeout(self.config.connect_timeout):
+                await open_enclave_transport(self.config.enclave, lambda: enclave)
+        except (OSError, TimeoutError) as exc:
+            self.stats.enclave_connect_failures += 1
+            log.warning("enclave %s unreachable: %s", self.config.enclave, exc or "timed out")
+            self._abort_transports()  # the client learns at once, not at its own timeout
+            return
+        finally:
+            self._connecting = None
+            if self._all_lost():  # the client left (or was aborted) while we connected
+                self._finish()
+        self.enclave = enclave
+        client = self.client
+        assert client is not None and client.transport is not None
+        assert enclave.transport is not None
+        if client.lost:  # the client went away while we connected
+            enclave.transport.abort()
+            return
+        self.stats.total_connections += 1
+        client.peer, enclave.peer = enclave, client
+        self.touch()
+        self._idle_timer = self.loop.call_at(
+            self.last_activity + self.config.idle_timeout, self._check_idle
+        )
+        if client.eof:  # the client already half-closed while we connected
+            self.side_eof(client)
+        client.transport.resume_reading()
+
+    def forward(self, side: _Side, data: bytes) -> None:
+        self.last_activity = self.loop.time()
+        if side.is_client:
+            self.stats.bytes_client_to_enclave += len(data)
+        else:
+            self.stats.bytes_enclave_to_client += len(data)
+        peer = side.peer
+        if peer is None or peer.transport is None or peer.transport.is_closing():
+            return  # the other side is gone; this side is being closed too
+        peer.transport.write(data)
+
+    def side_eof(self, side: _Side) -> None:
+        """Half-close: pass the EOF on; close both once both directions have ended."""
+        peer = side.peer
+        if peer is None or peer.transport is None:
+            return  # not linked yet: _connect_enclave passes it on
+        if peer.transport.can_write_eof() and not peer.transport.is_closing():
+            peer.transport.write_eof()
+        if peer.eof or peer.lost:
+            self._close_transports()
+
+    def side_lost(self, side: _Side, exc: Exception | None) -> None:
+        peer = side.peer
+        if exc is not None:  # a reset or an error: the other side must not linger
+            self._abort_transports()
+        elif peer is not None and peer.transport is not None:
+            peer.transport.close()  # flush what this side sent, then close
+            self._arm_close_timer()
+        elif side.is_client and self._connecting is not None:
+            self._connecting.cancel()
+        if self._all_lost():
+            self._finish()
+
+    def _all_lost(self) -> bool:
+        sides = [s for s in (self.client, self.enclave) if s is not None]
+        return all(s.lost for s in sides) and self._connecting is None
+
+    def _finish(self) -> None:
+        if self.done.done():
+            return
+        for timer in (self._idle_timer, self._close_timer):
+            if timer is not None:
+                timer.cancel()
+        if self in self.proxy.relays:
+            self.proxy.relays.discard(self)
+            self.stats.active_connections -= 1
+        self.done.set_result(None)
+
+    def _finish_quietly(self) -> None:
+        self.done.set_result(None)
+
+    # --- closing ---------------------------------------------------------------------
+    def _transports(self) -> list[asyncio.Transport]:
+        return [s.transport for s in (self.client, self.enclave) if s is not None and s.transport]
+
+    def _close_transports(self) -> None:
+        for transport in self._transports():
+            transport.close()
+        self._arm_close_timer()
+
+    def _arm_close_timer(self) -> None:
+        # close() waits for the write buffer to drain; a peer that never reads must not
+        # keep the connection (and its buffer) forever.
+        if self._close_timer is None:
+            self._close_timer = self.loop.call_later(
+                self.config.close_timeout, self._abort_transports
+            )
+
+    def abort(self) -> None:
+        """Drop both sides at once, discarding buffered bytes."""
+        if self._connecting is not None:
+            self._connecting.cancel()
+        self._abort_transports()
+
+    def _abort_transports(self) -> None:
+        if not self.aborted and not self.done.done():
+            self.aborted = True
+            self.stats.aborted_connections += 1
+        for transport in self._transports():
+            transport.abort()
+        if self._all_lost():
+            self._finish()
+
+    # --- idle timeout ----------------------------------------------------------------
+    def touch(self) -> None:
+        self.last_activity = self.loop.time()
+
+    def _check_idle(self) -> None:
+        now = self.loop.time()
+        buffers = tuple(t.get_write_buffer_size() for t in self._transports())
+        if buffers != self._write_buffers:  # a peer drained some of what we hold: live
+            self._write_buffers = buffers
+            self.last_activity = max(self.last_activity, now)
+        deadline = self.last_activity + self.config.idle_timeout
+        if now >= deadline:
+            self.stats.idle_timeouts += 1
+            log.debug("idle for %.1f s: closing", self.config.idle_timeout)
+            self.abort()
+            return
+        self._idle_timer = self.loop.call_at(deadline, self._check_idle)
+
+    def buffered_bytes(self) -> int:
+        return sum(t.get_write_buffer_size() for t in self._transports())
+
+
+async def open_enclave_transport(
+    address: EnclaveAddress, factory: Callable[[], asyncio.BaseProtocol]
+) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
+    """Connect to the enclave with a protocol from ``factory``. Raises ``OSError``."""
+    loop = asyncio.get_running_loop()
     if address.kind == "unix":
-        return await asyncio.open_unix_connection(address.path, limit=limit)
+        return await loop.create_unix_connection(factory, address.path)
     if address.kind == "tcp":
-        return await asyncio.open_connection(address.host, address.port, limit=limit)
+        return await loop.create_connection(factory, address.host, address.port)
     family = getattr(socket, "AF_VSOCK", None)
     if family is None:
         raise EnclaveUnreachable("AF_VSOCK is not available on this host")
@@ -65,128 +290,11 @@ async def open_enclave_connection(
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, (address.cid, address.port))
+        await loop.sock_connect(sock, (address.cid, address.port))
     except BaseException:
         sock.close()
         raise
-    return await asyncio.open_connection(sock=sock, limit=limit)
-
-
-def _reader_buffered(reader: asyncio.StreamReader) -> int:
-    # StreamReader keeps its buffer private; this is diagnostics only, never control flow.
-    buffer = getattr(reader, "_buffer", b"")
-    return len(buffer)
-
-
-class _Connection:
-    """One client connection and its enclave connection, relayed both ways."""
-
-    def __init__(
-        self,
-        proxy: HostProxy,
-        client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-        enclave: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-    ) -> None:
-        self._proxy = proxy
-        self._config = proxy.config
-        self._loop = asyncio.get_running_loop()
-        self.client_reader, self.client_writer = client
-        self.enclave_reader, self.enclave_writer = enclave
-        self.last_activity = self._loop.time()
-        self._write_buffers = (0, 0)
-        self._pumps: list[asyncio.Task[None]] = []
-        self._idle_timer: asyncio.TimerHandle | None = None
-        self.aborted = False
-        for writer in (self.client_writer, self.enclave_writer):
-            writer.transport.set_write_buffer_limits(high=self._config.write_high_water_bytes)
-
-    def buffered_bytes(self) -> int:
-        return (
-            _reader_buffered(self.client_reader)
-            + _reader_buffered(self.enclave_reader)
-            + self.client_writer.transport.get_write_buffer_size()
-            + self.enclave_writer.transport.get_write_buffer_size()
-        )
-
-    async def run(self) -> None:
-        self._idle_timer = self._loop.call_at(
-            self.last_activity + self._config.idle_timeout, self._check_idle
-        )
-        self._pumps = [
-            asyncio.create_task(self._pump(self.client_reader, self.enclave_writer, True)),
-            asyncio.create_task(self._pump(self.enclave_reader, self.client_writer, False)),
-        ]
-        try:
-            await asyncio.gather(*self._pumps, return_exceptions=True)
-        finally:
-            self._idle_timer.cancel()
-            for pump in self._pumps:
-                pump.cancel()
-            await self._close()
-
-    async def _pump(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, to_enclave: bool
-    ) -> None:
-        stats = self._proxy.stats
-        chunk = self._config.read_chunk_bytes
-        try:
-            while True:
-                data = await reader.read(chunk)
-                if not data:
-                    break
-                self.last_activity = self._loop.time()
-                if to_enclave:
-                    stats.bytes_client_to_enclave += len(data)
-                else:
-                    stats.bytes_enclave_to_client += len(data)
-                writer.write(data)
-                await writer.drain()  # back-pressure: a slow reader stalls this direction
-            # Half-close: pass the EOF on, keep the other direction open.
-            if writer.can_write_eof() and not writer.transport.is_closing():
-                writer.write_eof()
-        except (OSError, RuntimeError):
-            # A reset or a write to a closed side ends the whole connection.
-            self.abort()
-
-    def _check_idle(self) -> None:
-        now = self._loop.time()
-        buffers = (
-            self.client_writer.transport.get_write_buffer_size(),
-            self.enclave_writer.transport.get_write_buffer_size(),
-        )
-        if buffers != self._write_buffers:  # a peer drained some of what we hold: live
-            self._write_buffers = buffers
-            self.last_activity = max(self.last_activity, now)
-        deadline = self.last_activity + self._config.idle_timeout
-        if now >= deadline:
-            self._proxy.stats.idle_timeouts += 1
-            log.debug("idle for %.1f s: closing", self._config.idle_timeout)
-            self.abort()
-            return
-        self._idle_timer = self._loop.call_at(deadline, self._check_idle)
-
-    def abort(self) -> None:
-        """Drop both sides at once, discarding buffered bytes."""
-        if not self.aborted:
-            self.aborted = True
-            self._proxy.stats.aborted_connections += 1
-        for writer in (self.client_writer, self.enclave_writer):
-            writer.transport.abort()
-        for pump in self._pumps:
-            pump.cancel()
-
-    async def _close(self) -> None:
-        writers = (self.client_writer, self.enclave_writer)
-        for writer in writers:
-            writer.close()  # flushes what is buffered, then closes
-        try:
-            async with asyncio.timeout(self._config.close_timeout):
-                for writer in writers:
-                    with contextlib.suppress(OSError):
-                        await writer.wait_closed()
-        except TimeoutError:
-            for writer in writers:
-                writer.transport.abort()
+    return await loop.create_connection(factory, sock=sock)
 
 
 class HostProxy:
@@ -199,10 +307,9 @@ class HostProxy:
     def __init__(self, config: ProxyConfig) -> None:
         self.config = config
         self.stats = ProxyStats()
+        self.relays: set[_Relay] = set()
+        self.closing = False
         self._server: asyncio.Server | None = None
-        self._connections: set[_Connection] = set()
-        self._handlers: set[asyncio.Task[None]] = set()
-        self._closing = False
 
     @property
     def host(self) -> str:
@@ -224,18 +331,18 @@ class HostProxy:
         return f"tcp://[{host}]:{self.port}" if ":" in host else f"tcp://{host}:{self.port}"
 
     def buffered_bytes(self) -> int:
-        """Bytes the proxy currently holds in its read and write buffers, all connections."""
-        return sum(c.buffered_bytes() for c in self._connections)
+        """Bytes held in write buffers now, all connections (receive buffers are fixed)."""
+        return sum(relay.buffered_bytes() for relay in self.relays)
 
     async def start(self) -> None:
         if self._server is not None:
             raise HostError("the proxy is already started")
-        self._closing = False
-        self._server = await asyncio.start_server(
-            self._handle,
+        self.closing = False
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Side(_Relay(self), is_client=True),
             self.config.listen.host,
             self.config.listen.port,
-            limit=self.config.stream_limit_bytes,
             backlog=self.config.backlog,
             reuse_address=True,
         )
@@ -245,19 +352,17 @@ class HostProxy:
         """Stop accepting; let connections finish for ``grace`` seconds; abort the rest."""
         if self._server is None:
             return
-        self._closing = True
+        self.closing = True
         self._server.close()
         grace = self.config.shutdown_grace if grace is None else grace
-        pending = set(self._handlers)
+        pending = {relay.done for relay in self.relays}
         if pending and grace > 0:
             _, pending = await asyncio.wait(pending, timeout=grace)
         if pending:
             log.info("aborting %d connection(s) still open after %.1f s", len(pending), grace)
-            for connection in list(self._connections):
-                connection.abort()
+            for relay in list(self.relays):
+                relay.abort()
             await asyncio.wait(pending, timeout=self.config.close_timeout)
-            for task in pending:
-                task.cancel()
         await self._server.wait_closed()
         self._server = None
 
@@ -272,39 +377,3 @@ class HostProxy:
         traceback: TracebackType | None,
     ) -> None:
         await self.stop()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if self._closing or len(self._handlers) >= self.config.max_connections:
-            self.stats.rejected_connections += 1
-            writer.transport.abort()
-            return
-        assert task is not None
-        self._handlers.add(task)
-        self.stats.active_connections += 1
-        try:
-            await self._relay(reader, writer)
-        except asyncio.CancelledError:
-            writer.transport.abort()
-        finally:
-            self.stats.active_connections -= 1
-            self._handlers.discard(task)
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            async with asyncio.timeout(self.config.connect_timeout):
-                enclave = await open_enclave_connection(
-                    self.config.enclave, limit=self.config.stream_limit_bytes
-                )
-        except (OSError, TimeoutError) as exc:
-            self.stats.enclave_connect_failures += 1
-            log.warning("enclave %s unreachable: %s", self.config.enclave, exc or "timed out")
-            writer.transport.abort()  # the client learns at once, rather than at its timeout
-            return
-        self.stats.total_connections += 1
-        connection = _Connection(self, (reader, writer), enclave)
-        self._connections.add(connection)
-        try:
-            await connection.run()
-        finally:
-            self._connections.discard(connection)

@@ -78,7 +78,7 @@ def test_bad_listen_addresses(text: str) -> None:
         {"connect_timeout": -1},
         {"shutdown_grace": float("inf")},
         {"read_chunk_bytes": 10},
-        {"stream_limit_bytes": 1 << 30},
+        {"write_high_water_bytes": 1 << 30},
         {"backlog": 0},
     ],
     ids=lambda d: next(iter(d)),

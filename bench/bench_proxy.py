@@ -1,0 +1,308 @@
+"""Host proxy overhead: small HTTPS requests, bare aiohttp server vs. through ``kms-host``.
+
+Three processes, as deployed: the HTTPS server (one aiohttp app listening on loopback TCP
+and on a unix socket, TLS on both), the proxy (``python -m host``, TCP -> that unix
+socket), and the load generator (this process, aiohttp client). Throughput is keep-alive
+requests/s over ``CONNECTIONS`` concurrent connections; latency is measured apart, one
+connection at a time with no queueing, so the proxy's added p99 is not hidden by load.
+The two cores are shared and noisy, so direct and proxied measurements alternate in short
+windows (throughput) or request by request (latency), and each figure is a median.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import gc
+import ipaddress
+import os
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+from bench.common import BenchResult, result
+
+CONNECTIONS = 8
+THROUGHPUT_WINDOWS = 10  # alternating direct / proxied windows of:
+THROUGHPUT_WINDOW_SECONDS = 1.0
+LATENCY_ROUNDS = 3
+LATENCY_SECONDS_PER_ROUND = 2.0
+WARMUP_SECONDS = 0.5
+READY_TIMEOUT = 20.0
+
+
+def _write_identity(directory: Path) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench.local")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "bench.crt", directory / "bench.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+async def _serve(cert: str, key: str, unix_path: str) -> None:
+    """The bare HTTPS server (subprocess): prints ``ready PORT`` and runs until killed."""
+    from aiohttp import web
+
+    async def ping(request: web.Request) -> web.Response:
+        return web.Response(text="pong")
+
+    app = web.Application()
+    app.router.add_get("/ping", ping)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    tcp = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await tcp.start()
+    await web.UnixSite(runner, unix_path, ssl_context=context).start()
+    port = tcp._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    print(f"ready {port}", flush=True)
+    await asyncio.Event().wait()
+
+
+def _spawn(args: list[str], prefix: str) -> tuple[subprocess.Popen[str], str]:
+    process = subprocess.Popen(
+        [sys.executable, *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert process.stdout is not None
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if line.startswith(prefix):
+            return process, line[len(prefix) :].strip()
+        if not line and process.poll() is not None:
+            break
+    process.kill()
+    raise RuntimeError(f"{args} did not print {prefix!r}")
+
+
+async def _throughput(session: aiohttp.ClientSession, url: str, seconds: float) -> float:
+    """Requests/s over ``CONNECTIONS`` concurrent keep-alive connections for ``seconds``."""
+
+    async def worker(deadline: float) -> int:
+        count = 0
+        while time.perf_counter() < deadline:
+            async with session.get(url) as response:
+                await response.read()
+            count += 1
+        return count
+
+    start = time.perf_counter()
+    counts = await asyncio.gather(*(worker(start + seconds) for _ in range(CONNECTIONS)))
+    return sum(counts) / (time.perf_counter() - start)
+
+
+async def _latencies(
+    direct: str, proxied: str, context: ssl.SSLContext, seconds: float
+) -> tuple[list[float], list[float]]:
+    """Per-request latency, one connection each, alternating direct and proxied requests.
+
+    Alternating request by request puts both paths through the same moments of the shared
+    machine's noise; the client's garbage collector is paused while sampling.
+    """
+    samples: tuple[list[float], list[float]] = ([], [])
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1, ssl=context)) as first,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1, ssl=context)) as second,
+    ):
+        pairs = ((first, direct, samples[0]), (second, proxied, samples[1]))
+        for _ in range(50):  # open and warm both connections
+            for session, url, _ignored in pairs:
+                async with session.get(url) as response:
+                    await response.read()
+        gc.collect()
+        gc.disable()
+        try:
+            deadline = time.perf_counter() + seconds
+            while time.perf_counter() < deadline:
+                for session, url, out in pairs:
+                    start = time.perf_counter()
+                    async with session.get(url) as response:
+                        await response.read()
+                    out.append(time.perf_counter() - start)
+        finally:
+            gc.enable()
+    return samples
+
+
+def _percentile(samples: list[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), or 0 where unavailable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _measure(
+    direct: str, proxied: str, context: ssl.SSLContext, server_pid: int, proxy_pid: int
+) -> dict[str, float]:
+    rates: dict[str, list[float]] = {"direct": [], "proxy": []}
+    p50: dict[str, list[float]] = {"direct": [], "proxy": []}
+    p99: dict[str, list[float]] = {"direct": [], "proxy": []}
+    server_cpu = proxy_cpu = served = 0.0
+    async with (
+        aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=CONNECTIONS, ssl=context)
+        ) as direct_session,
+        aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=CONNECTIONS, ssl=context)
+        ) as proxy_session,
+    ):
+        modes = (("direct", direct_session, direct), ("proxy", proxy_session, proxied))
+        for _, session, url in modes:  # open and warm every connection of both
+            await _throughput(session, url, WARMUP_SECONDS)
+        # Short windows, alternating, so both paths see the same load from the shared
+        # machine; each figure is the median of its windows.
+        for _ in range(THROUGHPUT_WINDOWS):
+            for name, session, url in modes:
+                before = (_cpu_seconds(server_pid), _cpu_seconds(proxy_pid))
+                started = time.perf_counter()
+                rate = await _throughput(session, url, THROUGHPUT_WINDOW_SECONDS)
+                rates[name].append(rate)
+                if name == "proxy":
+                    served += rate * (time.perf_counter() - started)
+                    server_cpu += _cpu_seconds(server_pid) - before[0]
+                    proxy_cpu += _cpu_seconds(proxy_pid) - before[1]
+    for _ in range(LATENCY_ROUNDS):
+        both = await _latencies(direct, proxied, context, LATENCY_SECONDS_PER_ROUND)
+        for name, samples in zip(("direct", "proxy"), both, strict=True):
+            p50[name].append(_percentile(samples, 0.50) * 1000)
+            p99[name].append(_percentile(samples, 0.99) * 1000)
+    out = {}
+    for name in ("direct", "proxy"):
+        out[f"{name}_rps"] = statistics.median(rates[name])
+        out[f"{name}_p50_ms"] = statistics.median(p50[name])
+        out[f"{name}_p99_ms"] = statistics.median(p99[name])
+    ratios = [p / d for p, d in zip(rates["proxy"], rates["direct"], strict=True)]
+    out["paired_ratio"] = statistics.median(ratios)
+    out["proxy_cpu_us"] = proxy_cpu / served * 1e6 if served else 0.0
+    out["server_cpu_us"] = server_cpu / served * 1e6 if served else 0.0
+    return out
+
+
+def run() -> list[BenchResult]:
+    with tempfile.TemporaryDirectory(prefix="kb-", dir="/tmp") as tmp:
+        directory = Path(tmp)
+        cert, key = _write_identity(directory)
+        unix_path = directory / "server.sock"
+        processes: list[subprocess.Popen[str]] = []
+        try:
+            server, port = _spawn(
+                ["-m", "bench.bench_proxy", "serve", str(cert), str(key), str(unix_path)],
+                "ready ",
+            )
+            processes.append(server)
+            proxy, proxy_url = _spawn(
+                ["-m", "host", "--listen", "127.0.0.1:0", "--enclave", f"unix:{unix_path}"],
+                "ready tcp://",
+            )
+            processes.append(proxy)
+            context = ssl.create_default_context(cafile=str(cert))
+            numbers = asyncio.run(
+                _measure(
+                    f"https://127.0.0.1:{port}/ping",
+                    f"https://{proxy_url}/ping",
+                    context,
+                    server.pid,
+                    proxy.pid,
+                )
+            )
+        finally:
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                try:
+                    process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+    print(
+        "  direct {direct_rps:.0f} req/s p50 {direct_p50_ms:.3f} ms p99 {direct_p99_ms:.3f} ms;"
+        " proxy {proxy_rps:.0f} req/s p50 {proxy_p50_ms:.3f} ms p99 {proxy_p99_ms:.3f} ms;"
+        " CPU per request: proxy {proxy_cpu_us:.0f} us, server {server_cpu_us:.0f} us;"
+        " median paired throughput ratio {paired_ratio:.3f}".format(**numbers),
+        flush=True,
+    )
+    return [
+        result(
+            "proxy keep-alive throughput",
+            numbers["proxy_rps"],
+            "req/s",
+            f"bare aiohttp HTTPS server ({CONNECTIONS} conns)",
+            numbers["direct_rps"],
+            ">= 0.85",
+        ),
+        result(
+            "proxy added p99 latency",
+            numbers["proxy_p99_ms"] - numbers["direct_p99_ms"],
+            "ms",
+            "direct p99 (1 conn, sequential)",
+            numbers["direct_p99_ms"],
+            "< 1 ms",
+        ),
+        result(
+            "proxy added p50 latency",
+            numbers["proxy_p50_ms"] - numbers["direct_p50_ms"],
+            "ms",
+            "direct p50 (1 conn, sequential)",
+            numbers["direct_p50_ms"],
+            "< 0.5 ms",
+        ),
+        result(
+            "proxy CPU per request",
+            numbers["proxy_cpu_us"],
+            "us",
+            "server CPU per request",
+            numbers["server_cpu_us"],
+            "< 0.25 (ratio)",
+        ),
+    ]
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "serve":
+        asyncio.run(_serve(sys.argv[2], sys.argv[3], sys.argv[4]))
+    else:
+        for row in run():
+            print(row)
