@@ -108,7 +108,7 @@ def _trusted_resources(
         log.info(
             "attested TLS ready: platform=%s measurement=%s certificate_sha256=%s",
             config.platform,
-            launched.identity.measurement.hex(),
+            launched.identity.measurement.hex() if launched.identity else "(hardware)",
             app[TLS_IDENTITY].certificate_sha256.hex(),
         )
         yield

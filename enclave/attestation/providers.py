@@ -4,8 +4,8 @@ In simulation the fake hardware is what measures the launch: this module reads t
 configuration the host handed over (``STATE/launch.json``), canonicalises it, measures the
 code tree with ``measurements.compute`` exactly as a reviewer does, and gives both to the
 fake device as the ``LaunchIdentity``. Hardware providers (configfs-tsm, /dev/sev-guest,
-/dev/tdx_guest, /dev/nsm) measure for themselves; they are not implemented yet and asking
-for one fails closed. This module never falls back from hardware to simulation.
+/dev/tdx_guest, /dev/nsm; ``enclave.attestation.hardware``) measure for themselves; when
+the device is missing, asking for one fails closed. This module never falls back from hardware to simulation.
 """
 
 from __future__ import annotations
@@ -41,7 +41,9 @@ class ProviderError(RuntimeError):
 class Launch:
     """What was measured at launch, and the provider that attests to it."""
 
-    identity: LaunchIdentity
+    # In simulation, what the fake hardware measured; on hardware, the platform measures
+    # and only the evidence says what (None here).
+    identity: LaunchIdentity | None
     provider: EvidenceProvider
 
 
@@ -103,9 +105,14 @@ def launch(config: EnclaveConfig) -> Launch:
     """Measure (in simulation) and open the evidence provider this configuration names."""
     launch_config = read_launch_config(config.launch_config_path)
     if config.attestation == "hardware":
-        raise ProviderError(
-            f"hardware attestation for {config.platform} is not available in this build"
-        )
+        from enclave.attestation.hardware.ioctl import DeviceError
+        from enclave.attestation.hardware.select import hardware_provider
+
+        try:
+            device_provider = hardware_provider(config.platform)
+        except (DeviceError, OSError) as exc:
+            raise ProviderError(f"no {config.platform} hardware: {exc}") from None
+        return Launch(identity=None, provider=SerializedProvider(device_provider))
     identity = simulated_launch_identity(config.measure_root or RUNNING_TREE, launch_config)
     device = simulated_device(config.platform, config.hardware_dir)
     provider: EvidenceProvider = device.provider(identity)
