@@ -302,3 +302,48 @@ async def test_context_manager_and_port(start_backend: BackendFactory) -> None:
         writer.write(b"ok")
         assert await read_exactly(reader, 2) == b"ok"
         writer.close()
+
+
+@pytest.mark.parametrize("kind", ["unix", "tcp"])
+async def test_many_concurrent_connections_stay_separate_and_are_all_released(
+    kind: str, start_backend: BackendFactory, start_proxy: ProxyFactory
+) -> None:
+    backend = await start_backend(kind)
+    proxy = await start_proxy(backend.address, max_connections=64)
+
+    async def session(index: int) -> bytes:
+        payload = index.to_bytes(2, "big") + os.urandom(64 * 1024)
+        reader, writer = await connect(proxy)
+        writer.write(payload)
+        writer.write_eof()
+        echoed = await asyncio.wait_for(reader.read(), STEP)
+        writer.close()
+        assert echoed == payload
+        return echoed[:2]
+
+    tags = await asyncio.gather(*(session(i) for i in range(40)))
+    assert sorted(int.from_bytes(t, "big") for t in tags) == list(range(40))
+    for _ in range(200):
+        if proxy.stats.active_connections == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert proxy.stats.active_connections == 0
+    assert proxy.stats.total_connections == 40
+    assert proxy.stats.aborted_connections == 0
+    assert proxy.buffered_bytes() == 0
+    assert proxy.stats.bytes_client_to_enclave == 40 * (2 + 64 * 1024)
+
+
+async def test_client_reset_aborts_the_enclave_side(
+    start_backend: BackendFactory, start_proxy: ProxyFactory
+) -> None:
+    backend = await start_backend("unix")
+    proxy = await start_proxy(backend.address)
+    reader, writer = await connect(proxy)
+    writer.write(b"abc")
+    assert await read_exactly(reader, 3) == b"abc"
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    writer.transport.abort()  # with linger 0: a TCP reset, not a FIN
+    await asyncio.wait_for(backend.closed[0].wait(), STEP)
+    assert proxy.stats.aborted_connections == 1
