@@ -121,7 +121,9 @@ async def _start_draining(app: web.Application) -> None:
     app[SERVICE_STATE].draining = True
 
 
-def create_app(config: EnclaveConfig, *, launch_factory: LaunchFactory | None = None) -> web.Application:
+def create_app(
+    config: EnclaveConfig, *, launch_factory: LaunchFactory | None = None
+) -> web.Application:
     """The enclave application. ``launch_factory`` replaces the provider choice (tests)."""
     from enclave.attestation.providers import launch
     from enclave.routes import attestation, health

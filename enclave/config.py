@@ -41,7 +41,9 @@ class ListenAddress:
     def parse(cls, text: str) -> ListenAddress:
         scheme, sep, rest = text.partition(":")
         if not sep or not rest:
-            raise ConfigError(f"listen address {text!r}: expected unix:PATH, vsock:CID:PORT or tcp:HOST:PORT")
+            raise ConfigError(
+                f"listen address {text!r}: expected unix:PATH, vsock:CID:PORT or tcp:HOST:PORT"
+            )
         if scheme == "unix":
             return cls.unix(Path(rest))
         if scheme == "vsock":

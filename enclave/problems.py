@@ -177,15 +177,19 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     except Exception:
         log.exception("unhandled error answering %s %s", request.method, instance)
         return problem_response(500, "internal-error", "Internal error", instance=instance)
-    if response.status >= 400 and response.content_type != PROBLEM_CONTENT_TYPE:
-        # A handler returned a bare error response: keep the status, give it a problem body.
-        if isinstance(response, web.Response) and not response.prepared:
-            kept = {k: v for k, v in response.headers.items() if k.lower() in _KEPT_HEADERS}
-            return problem_response(
-                response.status,
-                _HTTP_EXCEPTION_SLUGS.get(response.status, f"http-{response.status}"),
-                response.reason,
-                instance=instance,
-                headers=kept,
-            )
+    # A handler returned a bare error response: keep the status, give it a problem body.
+    if (
+        response.status >= 400
+        and response.content_type != PROBLEM_CONTENT_TYPE
+        and isinstance(response, web.Response)
+        and not response.prepared
+    ):
+        kept = {k: v for k, v in response.headers.items() if k.lower() in _KEPT_HEADERS}
+        return problem_response(
+            response.status,
+            _HTTP_EXCEPTION_SLUGS.get(response.status, f"http-{response.status}"),
+            response.reason,
+            instance=instance,
+            headers=kept,
+        )
     return response

@@ -58,9 +58,7 @@ def vsock_socket(cid: int, port: int) -> socket.socket:
     return sock
 
 
-def make_site(
-    runner: web.AppRunner, address: ListenAddress, ssl_context: object
-) -> web.BaseSite:
+def make_site(runner: web.AppRunner, address: ListenAddress, ssl_context: object) -> web.BaseSite:
     import ssl
 
     assert isinstance(ssl_context, ssl.SSLContext)
@@ -70,7 +68,9 @@ def make_site(
         return web.UnixSite(runner, str(address.path), ssl_context=ssl_context)
     if address.kind == "vsock":
         assert address.cid is not None and address.port is not None
-        return web.SockSite(runner, vsock_socket(address.cid, address.port), ssl_context=ssl_context)
+        return web.SockSite(
+            runner, vsock_socket(address.cid, address.port), ssl_context=ssl_context
+        )
     assert address.host is not None and address.port is not None
     return web.TCPSite(runner, address.host, address.port, ssl_context=ssl_context)
 

@@ -129,12 +129,18 @@ def create_identity(
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                crl_sign=False, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
-        )  # fmt: skip
+        )
         .add_extension(
             x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
         )
@@ -188,7 +194,9 @@ def _evidence_from_mapping(document: Any) -> Evidence:
     if not isinstance(document, Mapping) or set(document) != {
         "platform", "evidence", "certs", "collateral"
     }:  # fmt: skip
-        raise BootEvidenceError("the boot evidence must map exactly platform, evidence, certs, collateral")
+        raise BootEvidenceError(
+            "the boot evidence must map exactly platform, evidence, certs, collateral"
+        )
     evidence = document["evidence"]
     certs = document["certs"]
     collateral = document["collateral"]

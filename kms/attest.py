@@ -245,6 +245,7 @@ class Attestor:
         certificate_der: bytes,
         nonce: bytes,
         endpoint: str,
+        *,
         result: Mapping[str, Any],
         jwks: Mapping[str, Any],
         at: datetime | None = None,
@@ -257,7 +258,9 @@ class Attestor:
         expected = self.precheck(answer, certificate_der, nonce, endpoint)
         token = result.get("token")
         if not isinstance(token, str):
-            raise AttestationRefused(INVALID_TOKEN, "the verifier returned no token", endpoint=endpoint)
+            raise AttestationRefused(
+                INVALID_TOKEN, "the verifier returned no token", endpoint=endpoint
+            )
         try:
             verified = verify_result_token(
                 token, jwks, now=at, nonce=nonce.hex(), issuer=self.profile.verifier.issuer
@@ -274,7 +277,9 @@ class Attestor:
             )
         self.check_binding(verified.report_data, expected, certificate_der, endpoint)
         claims_json = result.get("claims")
-        details: dict[str, JsonValue] = dict(claims_json) if isinstance(claims_json, Mapping) else {}
+        details: dict[str, JsonValue] = (
+            dict(claims_json) if isinstance(claims_json, Mapping) else {}
+        )
         claims = Claims(
             platform=parse_platform(verified.platform),
             measurement=verified.measurement,

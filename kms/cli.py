@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import IO
 
 from kms.client import KmsClient
@@ -57,7 +57,7 @@ def _exit_code(error: KmsError) -> int:
     return 1
 
 
-def _print_claims(claims: dict[str, object], out: IO[str]) -> None:
+def _print_claims(claims: Mapping[str, object], out: IO[str]) -> None:
     order = ("endpoint", "platform", "measurement", "simulated", "debug", "verifier",
              "tls_certificate_sha256", "nonce", "verified_at")  # fmt: skip
     print("attestation verified", file=out)
@@ -66,7 +66,9 @@ def _print_claims(claims: dict[str, object], out: IO[str]) -> None:
             print(f"  {key}: {claims[key]}", file=out)
     for key, value in claims.items():
         if key not in order and key not in ("report_data", "token"):
-            print(f"  {key}: {json.dumps(value) if not isinstance(value, str) else value}", file=out)
+            print(
+                f"  {key}: {json.dumps(value) if not isinstance(value, str) else value}", file=out
+            )
 
 
 def main(

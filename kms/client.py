@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import random
@@ -133,7 +134,9 @@ async def _attestation_exchange(
                 connect_timeout,
             )
         except (OSError, TimeoutError, ssl.SSLError) as exc:
-            raise _Undelivered(f"cannot connect: {exc or type(exc).__name__}", endpoint=url) from None
+            raise _Undelivered(
+                f"cannot connect: {exc or type(exc).__name__}", endpoint=url
+            ) from None
         try:
             ssl_object = writer.get_extra_info("ssl_object")
             der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
@@ -210,7 +213,9 @@ async def _read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes:
     return body
 
 
-def _server_error(status: int, headers: Mapping[str, str], body: bytes, endpoint: str) -> ServerError:
+def _server_error(
+    status: int, headers: Mapping[str, str], body: bytes, endpoint: str
+) -> ServerError:
     problem: dict[str, Any] | None = None
     try:
         parsed = json.loads(body)
@@ -219,7 +224,10 @@ def _server_error(status: int, headers: Mapping[str, str], body: bytes, endpoint
     except (ValueError, UnicodeDecodeError):
         problem = None
     return ServerError(
-        status, problem, endpoint=endpoint, retry_after=parse_retry_after(headers.get("Retry-After"))
+        status,
+        problem,
+        endpoint=endpoint,
+        retry_after=parse_retry_after(headers.get("Retry-After")),
     )
 
 
@@ -295,7 +303,9 @@ class AsyncKmsClient:
 
         async def operation(endpoint: _Endpoint) -> KmsResponse:
             session = await self._session(endpoint)
-            return await self._send(endpoint, session, method.upper(), path, data, send_headers)
+            return await self._send(
+                endpoint, session, method.upper(), path, data=data, headers=send_headers
+            )
 
         retry_safe = is_idempotent(method) if idempotent is None else idempotent
         return await self._run(operation, idempotent=retry_safe)
@@ -366,14 +376,18 @@ class AsyncKmsClient:
         try:
             async with aiohttp.ClientSession(timeout=self._timeout) as session:
                 if self._jwks is None:
-                    log.warning("no pinned JWKS for %s: fetching it (trust on first use)", verifier.url)
+                    log.warning(
+                        "no pinned JWKS for %s: fetching it (trust on first use)", verifier.url
+                    )
                     async with session.get(verifier.url + "/.well-known/jwks.json") as response:
                         self._jwks = json.loads(await _read_limited(response, limit))
                 async with session.post(verifier.url + "/v1/attest", json=request) as response:
                     body = await _read_limited(response, limit)
                     status = response.status
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise TransportError(f"the verifier {verifier.url} failed: {exc}", endpoint=endpoint) from None
+            raise TransportError(
+                f"the verifier {verifier.url} failed: {exc}", endpoint=endpoint
+            ) from None
         try:
             document = json.loads(body)
         except (ValueError, UnicodeDecodeError):
@@ -391,8 +405,10 @@ class AsyncKmsClient:
             )
         assert self._jwks is not None
         return await asyncio.to_thread(
-            self.attestor.check_remote_result,
-            answer, certificate, nonce, endpoint, document, self._jwks,
+            functools.partial(
+                self.attestor.check_remote_result,
+                answer, certificate, nonce, endpoint, result=document, jwks=self._jwks,
+            )
         )  # fmt: skip
 
     async def _open(self, endpoint: _Endpoint) -> aiohttp.ClientSession:
@@ -414,6 +430,7 @@ class AsyncKmsClient:
         session: aiohttp.ClientSession,
         method: str,
         path: str,
+        *,
         data: bytes | None,
         headers: Mapping[str, str],
     ) -> KmsResponse:
@@ -444,9 +461,7 @@ class AsyncKmsClient:
 
     # -- retries and failover -----------------------------------------------------------
 
-    async def _run(
-        self, operation: Callable[[_Endpoint], Awaitable[T]], *, idempotent: bool
-    ) -> T:
+    async def _run(self, operation: Callable[[_Endpoint], Awaitable[T]], *, idempotent: bool) -> T:
         policy = self.profile.client.retry
         errors: list[KmsError] = []
         refused: dict[str, AttestationRefused] = {}

@@ -23,7 +23,7 @@ POLICY_VIOLATION = "policy-violation"
 PLATFORM_MISMATCH = "platform-mismatch"
 MALFORMED_ANSWER = "malformed-attestation"
 PIN_MISMATCH = "certificate-pin-mismatch"
-INVALID_TOKEN = "invalid-token"
+INVALID_TOKEN = "invalid-token"  # noqa: S105 - a problem type, not a secret
 
 
 class KmsError(Exception):
@@ -78,7 +78,7 @@ class AttestationRefused(KmsError):
 
     def __init__(
         self,
-        type: str,  # noqa: A002 - the RFC 9457 member name
+        type: str,
         detail: str,
         *,
         endpoint: str | None = None,

@@ -51,7 +51,16 @@ MAX_PROFILE_BYTES = 1024 * 1024
 PROFILE_VERSION = 1
 RootsKind = Literal["production", "simulated"]
 
-_TOP_LEVEL = {"version", "platform", "endpoints", "trust", "policy", "verifier", "client", "credentials"}
+_TOP_LEVEL = {
+    "version",
+    "platform",
+    "endpoints",
+    "trust",
+    "policy",
+    "verifier",
+    "client",
+    "credentials",
+}
 _TRUST_KEYS = {"roots", "pem", "pem_file"}
 _VERIFIER_KEYS = {"url", "jwks", "issuer"}
 _CLIENT_KEYS = {
@@ -379,8 +388,10 @@ def _value(value: Any) -> str:
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, str):
-        if "\n" in value and "'''" not in value and all(
-            c in "\n\t" or 0x20 <= ord(c) != 0x7F for c in value
+        if (
+            "\n" in value
+            and "'''" not in value
+            and all(c in "\n\t" or 0x20 <= ord(c) != 0x7F for c in value)
         ):
             return "'''\n" + value + "'''"
         return _basic_string(value)

@@ -51,7 +51,9 @@ class SimError(RuntimeError):
     """The stack could not be started."""
 
 
-def reference_policy(platform: Platform, measurement: bytes, launch_config: bytes) -> dict[str, Any]:
+def reference_policy(
+    platform: Platform, measurement: bytes, launch_config: bytes
+) -> dict[str, Any]:
     """The profile's reference policy for a simulated launch of this tree and config."""
     policy: dict[str, Any] = {
         "allow_debug": False,
@@ -166,7 +168,9 @@ class SimStack:
             await self.stop()
             raise
 
-    async def _spawn(self, args: list[str], log_name: str) -> tuple[asyncio.subprocess.Process, str]:
+    async def _spawn(
+        self, args: list[str], log_name: str
+    ) -> tuple[asyncio.subprocess.Process, str]:
         log_file = (self.state / log_name).open("ab")
         try:
             process = await asyncio.create_subprocess_exec(

@@ -44,7 +44,9 @@ class SimulatedLaunch:
         config = launch_config_for(platform)
         (state / "launch.json").write_text(json.dumps(config))
         canonical = canonical_launch_config(config)
-        return cls(state, platform, roots, canonical, simulated_measurement(RUNNING_TREE, canonical))
+        return cls(
+            state, platform, roots, canonical, simulated_measurement(RUNNING_TREE, canonical)
+        )
 
     def policy(self) -> dict[str, Any]:
         return reference_policy(self.platform, self.measurement, self.launch_config)

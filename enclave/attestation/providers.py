@@ -5,7 +5,8 @@ configuration the host handed over (``STATE/launch.json``), canonicalises it, me
 code tree with ``measurements.compute`` exactly as a reviewer does, and gives both to the
 fake device as the ``LaunchIdentity``. Hardware providers (configfs-tsm, /dev/sev-guest,
 /dev/tdx_guest, /dev/nsm; ``enclave.attestation.hardware``) measure for themselves; when
-the device is missing, asking for one fails closed. This module never falls back from hardware to simulation.
+the device is missing, asking for one fails closed. This module never falls back from
+hardware to simulation.
 """
 
 from __future__ import annotations

@@ -44,7 +44,9 @@ async def attestation(request: web.Request) -> web.Response:
     provider = app[app_keys.LAUNCH].provider
     gate = app[app_keys.EVIDENCE_GATE]
     if gate.locked():
-        raise TooManyRequests("too many attestation requests are waiting", headers={"Retry-After": "1"})
+        raise TooManyRequests(
+            "too many attestation requests are waiting", headers={"Retry-After": "1"}
+        )
     async with gate:
         try:
             evidence = await asyncio.get_running_loop().run_in_executor(

@@ -17,6 +17,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -24,17 +25,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from enclave.attestation.evidence import attested_tls_report_data
 from enclave.attestation.providers import RUNNING_TREE
 from enclave.tls import decode_boot_evidence, spki_der_of_certificate
-from kms.client import AsyncKmsClient
 from kms.cli import main as kms_main
+from kms.client import AsyncKmsClient
 from kms.errors import AttestationRefused
 from kms.profile import TrustConfig
 from measurements.compute import simulated_measurement
 from simulator.testing import InProcessEnclave, SimulatedLaunch
 from verifier.roots import TrustRoots
 from verifier.verify import Verifier
-from enclave.attestation.evidence import attested_tls_report_data
 
 
 @pytest.fixture(scope="module")
@@ -269,15 +270,20 @@ async def test_refuses_replayed_attestation_answer(
             mitm.replay = None  # filled per request below
             original = mitm._handle
 
-            async def rewriting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                                template: bytes = answer, m: Mitm = mitm) -> None:
+            async def rewriting(
+                reader: asyncio.StreamReader,
+                writer: asyncio.StreamWriter,
+                template: bytes = answer,
+                m: Mitm = mitm,
+                forward: Any = original,
+            ) -> None:
                 head = await reader.readuntil(b"\r\n\r\n")
                 nonce = head.split(b"nonce=")[1][:64]
                 m.replay = template.replace(b"__NONCE__", nonce)
                 feed = asyncio.StreamReader()
                 feed.feed_data(head)
                 feed.feed_eof()
-                await original(feed, writer)
+                await forward(feed, writer)
 
             mitm._handle = rewriting  # type: ignore[method-assign]
         url = await mitm.start()

@@ -45,7 +45,11 @@ def test_round_trip(tmp_path: Path) -> None:
 
 
 def test_writer_escapes_and_nests() -> None:
-    document = {"a": 'q"uote\\', "t": {"n": 1, "b": True, "l": [1, 2]}, "arr": [{"x": "1"}, {"x": "2"}]}
+    document = {
+        "a": 'q"uote\\',
+        "t": {"n": 1, "b": True, "l": [1, 2]},
+        "arr": [{"x": "1"}, {"x": "2"}],
+    }
     assert tomllib.loads(dumps_toml(document)) == document
 
 
@@ -62,7 +66,9 @@ def test_writer_escapes_and_nests() -> None:
         ({"client": {"max_attempts": 0}}, "max_attempts"),
     ],
 )
-def test_invalid_profiles_are_refused(tmp_path: Path, mutation: dict[str, object], message: str) -> None:
+def test_invalid_profiles_are_refused(
+    tmp_path: Path, mutation: dict[str, object], message: str
+) -> None:
     document = _profile(tmp_path).to_mapping() | mutation
     with pytest.raises(ProfileError, match=message):
         Profile.from_mapping(document, directory=tmp_path)
@@ -70,6 +76,8 @@ def test_invalid_profiles_are_refused(tmp_path: Path, mutation: dict[str, object
 
 def test_pem_file_is_relative_to_the_profile(tmp_path: Path) -> None:
     (tmp_path / "roots.pem").write_text(PEM)
-    document = _profile(tmp_path).to_mapping() | {"trust": {"roots": "simulated", "pem_file": "roots.pem"}}
+    document = _profile(tmp_path).to_mapping() | {
+        "trust": {"roots": "simulated", "pem_file": "roots.pem"}
+    }
     (tmp_path / "client.toml").write_text(dumps_toml(document))
     assert Profile.load(tmp_path / "client.toml").trust.simulated_roots_pem == PEM.encode()

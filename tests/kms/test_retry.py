@@ -74,7 +74,9 @@ def _flaky_routes(failures: dict[str, list[int]]) -> list[web.RouteDef]:
 
 
 @pytest.fixture
-async def flaky(launch: SimulatedLaunch, tmp_path: Path) -> AsyncIterator[tuple[InProcessEnclave, dict[str, list[int]]]]:
+async def flaky(
+    launch: SimulatedLaunch, tmp_path: Path
+) -> AsyncIterator[tuple[InProcessEnclave, dict[str, list[int]]]]:
     failures: dict[str, list[int]] = {}
     enclave = InProcessEnclave(launch, tmp_path / "e.sock", extra_routes=_flaky_routes(failures))
     async with enclave:
@@ -89,7 +91,9 @@ class Sleeps:
         self.waits.append(seconds)
 
 
-async def test_503_then_200_is_retried(launch: SimulatedLaunch, flaky: tuple[InProcessEnclave, dict[str, list[int]]]) -> None:
+async def test_503_then_200_is_retried(
+    launch: SimulatedLaunch, flaky: tuple[InProcessEnclave, dict[str, list[int]]]
+) -> None:
     enclave, failures = flaky
     failures["a"] = [503, 503]
     sleeps = Sleeps()
@@ -99,7 +103,9 @@ async def test_503_then_200_is_retried(launch: SimulatedLaunch, flaky: tuple[InP
     assert enclave.request_log.paths() == ["/v1/attestation"] + ["/test/a"] * 3
 
 
-async def test_429_waits_for_retry_after(launch: SimulatedLaunch, flaky: tuple[InProcessEnclave, dict[str, list[int]]]) -> None:
+async def test_429_waits_for_retry_after(
+    launch: SimulatedLaunch, flaky: tuple[InProcessEnclave, dict[str, list[int]]]
+) -> None:
     enclave, failures = flaky
     failures["b"] = [429]
     sleeps = Sleeps()
@@ -108,7 +114,9 @@ async def test_429_waits_for_retry_after(launch: SimulatedLaunch, flaky: tuple[I
     assert sleeps.waits and sleeps.waits[0] >= 2.0
 
 
-async def test_non_idempotent_post_is_not_retried_after_delivery(launch: SimulatedLaunch, flaky: tuple[InProcessEnclave, dict[str, list[int]]]) -> None:
+async def test_non_idempotent_post_is_not_retried_after_delivery(
+    launch: SimulatedLaunch, flaky: tuple[InProcessEnclave, dict[str, list[int]]]
+) -> None:
     enclave, failures = flaky
     failures["c"] = [503]
     async with AsyncKmsClient(launch.profile([enclave.url]), sleep=Sleeps()) as client:
@@ -118,7 +126,9 @@ async def test_non_idempotent_post_is_not_retried_after_delivery(launch: Simulat
     assert enclave.request_log.paths().count("/test/c") == 1
 
 
-async def test_connection_loss_is_retried_for_idempotent_requests(launch: SimulatedLaunch, flaky: tuple[InProcessEnclave, dict[str, list[int]]]) -> None:
+async def test_connection_loss_is_retried_for_idempotent_requests(
+    launch: SimulatedLaunch, flaky: tuple[InProcessEnclave, dict[str, list[int]]]
+) -> None:
     enclave, failures = flaky
     failures["d"] = [0]
     async with AsyncKmsClient(launch.profile([enclave.url]), sleep=Sleeps()) as client:
@@ -128,7 +138,9 @@ async def test_connection_loss_is_retried_for_idempotent_requests(launch: Simula
             await client.post("/test/e", {})
 
 
-async def test_retries_give_up_after_max_attempts(launch: SimulatedLaunch, flaky: tuple[InProcessEnclave, dict[str, list[int]]]) -> None:
+async def test_retries_give_up_after_max_attempts(
+    launch: SimulatedLaunch, flaky: tuple[InProcessEnclave, dict[str, list[int]]]
+) -> None:
     enclave, failures = flaky
     failures["f"] = [503] * 10
     async with AsyncKmsClient(launch.profile([enclave.url]), sleep=Sleeps()) as client:
@@ -145,7 +157,9 @@ def _dead_url() -> str:
     return f"https://127.0.0.1:{port}"
 
 
-async def test_fails_over_to_the_next_endpoint_after_attesting_it(launch: SimulatedLaunch, flaky: tuple[InProcessEnclave, dict[str, list[int]]]) -> None:
+async def test_fails_over_to_the_next_endpoint_after_attesting_it(
+    launch: SimulatedLaunch, flaky: tuple[InProcessEnclave, dict[str, list[int]]]
+) -> None:
     enclave, _ = flaky
     dead = _dead_url()
     async with AsyncKmsClient(launch.profile([dead, enclave.url]), sleep=Sleeps()) as client:
