@@ -47,6 +47,7 @@ COSE_HEADER_ALG = 1
 COSE_HEADER_CRIT = 2
 COSE_ALG_ES384 = -35
 NITRO_DIGEST = "SHA384"
+_PROTECTED_ES384 = b"\xa1\x01\x38\x22"  # CBOR {1: -35}
 
 _REQUIRED_ORDER = ("module_id", "digest", "timestamp", "pcrs", "certificate", "cabundle")
 _REQUIRED_FIELDS = frozenset(_REQUIRED_ORDER)
@@ -121,6 +122,8 @@ class CoseSign1:
 
     def algorithm(self) -> int:
         """The protected ``alg``; RFC 9052 3.1 forbids a parameter in both buckets."""
+        if self.protected == _PROTECTED_ES384 and not self.unprotected:
+            return COSE_ALG_ES384  # the exact bytes every NSM sends: {1: -35}
         headers = decode_cbor(self.protected, "COSE protected header") if self.protected else {}
         if not isinstance(headers, dict) or len(headers) > MAX_HEADER_ENTRIES:
             raise MalformedEvidence("COSE protected header must be a small map")

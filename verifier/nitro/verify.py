@@ -59,6 +59,7 @@ class VerifiedChain:
     leaf: Certificate
     path: tuple[Certificate, ...]
     leaf_key: ec.EllipticCurvePublicKey = field(repr=False)
+    window_ms: tuple[int, int]  # the leaf's validity in ms; not_after covers its whole second
 
 
 class CertificateCache:
@@ -158,8 +159,8 @@ def verify_document(
 
     # The NSM signs with a leaf it has just been issued: the document's own timestamp must
     # lie inside the leaf's validity, or the signer claimed a time it could not sign at.
-    stamped = document_time(document.timestamp_ms)
-    if not leaf.not_before <= stamped.replace(microsecond=0) <= leaf.not_after:
+    if not verified.window_ms[0] <= document.timestamp_ms <= verified.window_ms[1]:
+        stamped = document_time(document.timestamp_ms)
         raise CertificateMismatch(
             f"document timestamp {stamped.isoformat()} is outside its signing certificate's "
             f"validity {leaf.not_before.isoformat()} .. {leaf.not_after.isoformat()}"
@@ -201,7 +202,11 @@ def _verify_chain(
     expected = [cert.fingerprint for cert in reversed(bundle)]
     if used != expected and used != [*expected, path[-1].fingerprint]:
         raise BadCertificateChain("cabundle is not the leaf's chain in order, root first")
-    return VerifiedChain(leaf, tuple(path), _p384_key(leaf))
+    window_ms = (
+        int(leaf.not_before.timestamp()) * 1000,
+        int(leaf.not_after.timestamp()) * 1000 + 999,
+    )
+    return VerifiedChain(leaf, tuple(path), _p384_key(leaf), window_ms)
 
 
 def _p384_key(cert: Certificate) -> ec.EllipticCurvePublicKey:

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import cbor2
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from enclave.attestation.evidence import attested_tls_report_data
@@ -17,6 +20,7 @@ from enclave.attestation.simulated.nitro import HW_FILE, SimulatedNitro
 from verifier.errors import (
     BadCertificateChain,
     BadSignature,
+    CertificateMismatch,
     Expired,
     PolicyViolation,
     ReportDataMismatch,
@@ -202,3 +206,76 @@ def test_corrupt_pki_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / HW_FILE).write_bytes(b"not pem")
     with pytest.raises(ValueError):
         SimulatedNitro.load_or_create(tmp_path)
+
+
+def _signed_document(
+    sim: SimulatedNitro,
+    *,
+    leaf_time: datetime,
+    timestamp: datetime,
+    cabundle: list[bytes] | None = None,
+    leaf_key: ec.EllipticCurvePrivateKey | None = None,
+) -> bytes:
+    """A document signed like the NSM's but with chosen inconsistencies (a faulty NSM)."""
+    key = leaf_key or ec.generate_private_key(ec.SECP384R1())
+    leaf = sim._leaf_certificate("i-simfaulty-enc0", key, leaf_time)
+    payload = cbor2.dumps(
+        {
+            "module_id": "i-simfaulty-enc0",
+            "digest": "SHA384",
+            "timestamp": int(timestamp.timestamp() * 1000),
+            "pcrs": {0: LAUNCH.measurement},
+            "certificate": leaf.public_bytes(Encoding.DER),
+            "cabundle": cabundle
+            or [sim.root.public_bytes(Encoding.DER), sim.intermediate.public_bytes(Encoding.DER)],
+            "public_key": None,
+            "user_data": REPORT_DATA,
+            "nonce": None,
+        }
+    )
+    protected = cbor2.dumps({1: -35})
+    r, s = decode_dss_signature(
+        key.sign(cbor2.dumps(["Signature1", protected, b"", payload]), ec.ECDSA(hashes.SHA384()))
+    )
+    return cbor2.dumps([protected, {}, payload, r.to_bytes(48, "big") + s.to_bytes(48, "big")])
+
+
+def test_consistent_handmade_document_is_accepted(
+    sim: SimulatedNitro, sim_verifier: Verifier
+) -> None:
+    raw = _signed_document(sim, leaf_time=NOW, timestamp=NOW)
+    assert sim_verifier.verify("nitro", raw, at=NOW).report_data == REPORT_DATA
+
+
+def test_timestamp_outside_the_leaf_window_is_a_mismatch(
+    sim: SimulatedNitro, sim_verifier: Verifier
+) -> None:
+    raw = _signed_document(sim, leaf_time=NOW, timestamp=NOW + timedelta(hours=4))
+    with pytest.raises(CertificateMismatch, match="timestamp"):
+        sim_verifier.verify("nitro", raw, at=NOW)
+
+
+def test_cabundle_out_of_order_is_refused(sim: SimulatedNitro, sim_verifier: Verifier) -> None:
+    reversed_bundle = [
+        sim.intermediate.public_bytes(Encoding.DER),
+        sim.root.public_bytes(Encoding.DER),
+    ]
+    raw = _signed_document(sim, leaf_time=NOW, timestamp=NOW, cabundle=reversed_bundle)
+    with pytest.raises(BadCertificateChain, match="order"):
+        sim_verifier.verify("nitro", raw, at=NOW)
+
+
+def test_cabundle_without_the_root_still_chains_to_the_pinned_root(
+    sim: SimulatedNitro, sim_verifier: Verifier
+) -> None:
+    raw = _signed_document(
+        sim, leaf_time=NOW, timestamp=NOW, cabundle=[sim.intermediate.public_bytes(Encoding.DER)]
+    )
+    assert sim_verifier.verify("nitro", raw, at=NOW).simulated
+
+
+def test_leaf_key_must_be_p384(sim: SimulatedNitro, sim_verifier: Verifier) -> None:
+    p256 = ec.generate_private_key(ec.SECP256R1())
+    raw = _signed_document(sim, leaf_time=NOW, timestamp=NOW, leaf_key=p256)
+    with pytest.raises(BadSignature, match="P-384"):
+        sim_verifier.verify("nitro", raw, at=NOW)
