@@ -18,6 +18,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Literal
 
+from verifier.claims import JsonValue
 from verifier.errors import MalformedEvidence
 
 REPORT_SIZE = 0x4A0
@@ -122,7 +123,7 @@ class GuestPolicy:
             page_swap_disabled=bit(POLICY_PAGE_SWAP_DISABLE),
         )
 
-    def flags(self) -> dict[str, bool | int]:
+    def flags(self) -> dict[str, JsonValue]:
         return {
             "abi_major": self.abi_major,
             "abi_minor": self.abi_minor,
@@ -144,7 +145,7 @@ class PlatformInfo:
 
     raw: int
 
-    def flags(self) -> dict[str, bool | str]:
+    def flags(self) -> dict[str, JsonValue]:
         names = (
             "smt_enabled",  # bit 0
             "tsme_enabled",  # bit 1
@@ -153,7 +154,7 @@ class PlatformInfo:
             "ciphertext_hiding_enabled",  # bit 4
             "alias_check_complete",  # bit 5
         )
-        out: dict[str, bool | str] = {name: bool(self.raw >> i & 1) for i, name in enumerate(names)}
+        out: dict[str, JsonValue] = {name: bool(self.raw >> i & 1) for i, name in enumerate(names)}
         out["tio_enabled"] = bool(self.raw >> 7 & 1)  # bit 7 (bit 6 reserved)
         out["raw"] = f"{self.raw:016x}"
         return out
@@ -214,10 +215,17 @@ class TcbVersion:
             out["fmc"] = self.fmc
         return out
 
-    def to_json(self) -> dict[str, int | str]:
-        out: dict[str, int | str] = dict(self.components())
-        out["raw"] = f"{self.raw:016x}"
-        return out
+    def to_json(self) -> dict[str, JsonValue]:
+        return tcb_json(self.raw, "Turin" if self.fmc is not None else "Milan")
+
+
+def tcb_json(raw: int, product: Product) -> dict[str, JsonValue]:
+    """``TcbVersion.decode(raw, product).to_json()`` without the intermediate object."""
+    b = raw.to_bytes(8, "little")
+    if product == "Turin":
+        return {"bootloader": b[1], "tee": b[2], "snp": b[3], "microcode": b[7], "fmc": b[0],
+                "raw": f"{raw:016x}"}  # fmt: skip
+    return {"bootloader": b[0], "tee": b[1], "snp": b[6], "microcode": b[7], "raw": f"{raw:016x}"}
 
 
 def encode_tcb(product: Product, *, bootloader: int, tee: int, snp: int, microcode: int,
@@ -249,7 +257,7 @@ class Cpuid:
                 return "Genoa"
         return None
 
-    def to_json(self) -> dict[str, str]:
+    def to_json(self) -> dict[str, JsonValue]:
         return {
             "family": f"0x{self.family:02x}",
             "model": f"0x{self.model:02x}",

@@ -37,6 +37,7 @@ from verifier._internal.x509 import (
     Certificate,
     ChainVerifier,
     RevocationList,
+    check_validity,
     load_certificates,
 )
 from verifier.claims import Claims, JsonValue
@@ -58,6 +59,7 @@ from verifier.snp.abi import (
     AttestationReport,
     Product,
     TcbVersion,
+    tcb_json,
 )
 
 # VCEK spec, "VCEK Certificate Extensions" table: OIDs under 1.3.6.1.4.1.3704.1 (AMD).
@@ -184,6 +186,7 @@ class SnpCache:
         self._cert_files: _Lru[bytes, tuple[tuple[Certificate, bool], ...]] = _Lru(max_entries)
         self._keys: _Lru[bytes, EndorsementKey] = _Lru(max_entries)
         self._crls: _Lru[bytes, RevocationList] = _Lru(max_entries)
+        self._paths: _Lru[tuple[bytes, ...], tuple[Certificate, ...]] = _Lru(max_entries)
 
     def certificates(self, blob: bytes) -> tuple[tuple[Certificate, bool], ...]:
         """The certificates in ``blob``, each with whether it can be an end-entity (leaf)."""
@@ -197,6 +200,39 @@ class SnpCache:
         return self._keys.get_or_make(
             cert.fingerprint, lambda: EndorsementKey.from_certificate(cert)
         )
+
+    def verified_path(
+        self,
+        chains: ChainVerifier,
+        leaf: Certificate,
+        *,
+        intermediates: Sequence[Certificate],
+        anchors: Sequence[Certificate],
+        at: datetime,
+        crls: Sequence[RevocationList],
+    ) -> Sequence[Certificate]:
+        """``chains.verify_chain``, remembering the path once it has been built and checked.
+
+        Which path leads from ``leaf`` to an anchor, and whether its signatures and CA flags
+        hold, depends only on the certificates' bytes, so the path is cached under the
+        fingerprints of every input. What depends on the call is checked on every call: the
+        validity of each certificate at ``at``; with CRLs, the whole walk runs again.
+        """
+        if crls:
+            return chains.verify_chain(leaf, intermediates, anchors, at, crls)
+        key = (
+            leaf.fingerprint,
+            b"|",
+            *(c.fingerprint for c in intermediates),
+            b"|",
+            *(c.fingerprint for c in anchors),
+        )
+        path = self._paths.get_or_make(
+            key, lambda: tuple(chains.verify_chain(leaf, intermediates, anchors, at, crls))
+        )
+        for cert in path:
+            check_validity(cert, at)
+        return path
 
     def crl(self, blob: bytes) -> RevocationList:
         if len(blob) > MAX_COLLATERAL_BLOB_BYTES:
@@ -292,7 +328,10 @@ def _verify(
     crls = [cache.crl(blob) for blob in collateral]
 
     # The chain to a pinned ARK: bundle CAs are only candidates, never anchors.
-    path = chains.verify_chain(leaf, (*roots.intermediates, *pool), roots.anchors, at, crls)
+    path = cache.verified_path(
+        chains, leaf, intermediates=(*roots.intermediates, *pool), anchors=roots.anchors,
+        at=at, crls=crls,
+    )  # fmt: skip
     key = cache.endorsement_key(leaf)
 
     # report table, row 0x2A0 SIGNATURE: ECDSA P-384 with SHA-384 over bytes 0x000..0x29F,
@@ -320,7 +359,7 @@ def _verify(
     reported = TcbVersion.decode(report.reported_tcb, product)
     _check_tcb(key, reported, product)
     _check_hwid(report, key, product)
-    return _claims(report, key, product, reported, simulated)
+    return _claims(report, key, product, simulated)
 
 
 def _select_endorsement_certificate(
@@ -417,7 +456,6 @@ def _claims(
     report: AttestationReport,
     key: EndorsementKey,
     product: Product,
-    reported: TcbVersion,
     simulated: bool,
 ) -> Claims:
     details: dict[str, JsonValue] = {
@@ -427,16 +465,16 @@ def _claims(
         "endorsement_key_sha256": key.cert.fingerprint.hex(),
         "guest_svn": report.guest_svn,
         "policy": f"{report.policy.raw:016x}",
-        "policy_flags": dict(report.policy.flags()),
+        "policy_flags": report.policy.flags(),
         "vmpl": report.vmpl,
         "signature_algo": "ecdsa-p384-sha384",
         "author_key_en": report.signer.author_key_en,
         "chip_id": report.chip_id.hex(),
-        "reported_tcb": dict(reported.to_json()),
-        "current_tcb": dict(TcbVersion.decode(report.current_tcb, product).to_json()),
-        "committed_tcb": dict(TcbVersion.decode(report.committed_tcb, product).to_json()),
-        "launch_tcb": dict(TcbVersion.decode(report.launch_tcb, product).to_json()),
-        "platform_info": dict(report.platform_info.flags()),
+        "reported_tcb": tcb_json(report.reported_tcb, product),
+        "current_tcb": tcb_json(report.current_tcb, product),
+        "committed_tcb": tcb_json(report.committed_tcb, product),
+        "launch_tcb": tcb_json(report.launch_tcb, product),
+        "platform_info": report.platform_info.flags(),
         "host_data": report.host_data.hex(),
         "family_id": report.family_id.hex(),
         "image_id": report.image_id.hex(),
@@ -449,7 +487,7 @@ def _claims(
         "committed_firmware": str(report.committed_version),
     }
     if report.cpuid is not None:
-        details["cpuid"] = dict(report.cpuid.to_json())
+        details["cpuid"] = report.cpuid.to_json()
     if report.launch_mit_vector is not None and report.current_mit_vector is not None:
         details["launch_mitigation_vector"] = f"{report.launch_mit_vector:016x}"
         details["current_mitigation_vector"] = f"{report.current_mit_vector:016x}"
