@@ -35,9 +35,14 @@ class SharedHsm:
         return self.provisioning.user_pin
 
 
-_lock = threading.Lock()
-_shared: SharedHsm | None = None
-_users = 0
+class _Registry:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.shared: SharedHsm | None = None
+        self.users = 0
+
+
+_registry = _Registry()
 
 
 def require_softhsm() -> Path:
@@ -48,24 +53,23 @@ def require_softhsm() -> Path:
 
 
 def acquire() -> SharedHsm:
-    global _shared, _users
-    with _lock:
-        if _shared is None:
+    with _registry.lock:
+        if _registry.shared is None:
             require_softhsm()
             state = Path(tempfile.mkdtemp(prefix="kms-hsm-tests-"))
             prov = SoftHsmToken.provision(state, TOKEN_LABEL)
             assert prov.user_pin is not None
             backend = HsmBackend.open_blocking(prov.token.config(), prov.user_pin)
-            _shared = SharedHsm(state, prov, backend)
-        _users += 1
-        return _shared
+            _registry.shared = SharedHsm(state, prov, backend)
+        _registry.users += 1
+        return _registry.shared
 
 
 def release() -> None:
-    global _shared, _users
-    with _lock:
-        _users -= 1
-        if _users == 0 and _shared is not None:
-            _shared.backend.close_blocking()
-            shutil.rmtree(_shared.state_dir, ignore_errors=True)
-            _shared = None
+    with _registry.lock:
+        _registry.users -= 1
+        shared = _registry.shared
+        if _registry.users == 0 and shared is not None:
+            shared.backend.close_blocking()
+            shutil.rmtree(shared.state_dir, ignore_errors=True)
+            _registry.shared = None

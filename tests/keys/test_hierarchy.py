@@ -132,7 +132,7 @@ async def test_wrong_or_inactive_kek_is_refused(hierarchy: KeyHierarchy, kek: Ke
 
 async def test_ed25519_sign_verify_and_tamper(backend: HsmBackend, kek: KeyVersion) -> None:
     hierarchy = KeyHierarchy(backend, entropy=EntropySource(extra=FakeNsm()))
-    meta, v1 = await hierarchy.create_key(Purpose.SIGN, Algorithm.ED25519, kek=kek, owner="s")
+    _, v1 = await hierarchy.create_key(Purpose.SIGN, Algorithm.ED25519, kek=kek, owner="s")
     assert v1.entropy is EntropyKind.OS_CSPRNG_NSM and v1.public_key is not None
     signature = await hierarchy.sign(v1, kek, b"message")
     hierarchy.verify(v1, b"message", signature)
