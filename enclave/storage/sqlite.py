@@ -132,6 +132,7 @@ class SqliteStore:
         self._config = config
         self._lock = threading.RLock()
         self._unusable: str | None = None
+        self._in_transaction = False
 
     # -- opening --------------------------------------------------------------------------
 
@@ -173,6 +174,11 @@ class SqliteStore:
                 _initialise(conn, key)
                 _fsync_directory(path.parent)
             return cls._verify_and_recover(conn, key, counter, path, config)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise StateTampered(
+                f"the database at {path} is damaged or not the store's: {exc}"
+            ) from None
         except BaseException:
             conn.close()
             raise
@@ -253,9 +259,15 @@ class SqliteStore:
         """A transaction: holds the store's lock; commits on normal exit, else discards."""
         with self._lock:
             self._check_usable()
+            if self._in_transaction:
+                raise StoreUnavailable("transactions do not nest; use the open transaction")
             tx = SqliteTransaction(self)
-            yield tx
-            tx._closed = True
+            self._in_transaction = True
+            try:
+                yield tx
+            finally:
+                tx._closed = True
+                self._in_transaction = False
             self._commit(tx._writes)
 
     def close(self) -> None:
@@ -300,10 +312,13 @@ class SqliteStore:
         entry = self._entry(kind, record_id)
         if entry is None:
             return None
-        row = self._conn.execute(
-            "SELECT version, ciphertext FROM records WHERE kind = ? AND id = ?",
-            (kind, record_id),
-        ).fetchone()
+        try:
+            row = self._conn.execute(
+                "SELECT version, ciphertext FROM records WHERE kind = ? AND id = ?",
+                (kind, record_id),
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"reading ({kind!r}, {record_id!r}) failed: {exc}") from None
         if (
             row is None
             or row[0] != entry.version
@@ -361,8 +376,8 @@ class SqliteStore:
         head: Head,
     ) -> None:
         conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
         try:
+            conn.execute("BEGIN IMMEDIATE")
             conn.executemany(
                 "INSERT INTO records (kind, id, version, ciphertext) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (kind, id) DO UPDATE SET version = excluded.version, "
@@ -384,9 +399,12 @@ class SqliteStore:
             if updated != 1:
                 raise StateTampered("the head row vanished from disk under the running store")
             conn.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                # Nothing was written and nothing acknowledged; the store stays usable.
+                raise StoreUnavailable(f"the commit failed and was rolled back: {exc}") from None
             raise
 
     def _advance_counter(self, target: int) -> None:

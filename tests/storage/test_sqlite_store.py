@@ -376,3 +376,52 @@ def test_counter_conflict_makes_the_store_unusable(
     with pytest.raises(StoreUnavailable, match="CounterConflict"):
         store.put("keys", "k", b"v")
     store.close()
+
+
+def test_truncated_database_file_is_refused(
+    db_path: Path, storage_key: bytes, counter: FileCounter
+) -> None:
+    store = filled(db_path, storage_key, counter)
+    for i in range(200):  # enough pages that a cut loses rows
+        store.put("audit", f"a{i:04d}", bytes(100))
+    store.close()  # the last connection checkpoints the WAL into the file
+    Path(f"{db_path}-wal").unlink(missing_ok=True)
+    size = db_path.stat().st_size
+    with open(db_path, "r+b") as handle:
+        handle.truncate(size // 2)
+    with pytest.raises(StateTampered):
+        open_store(db_path, storage_key, counter)
+
+
+def test_transactions_do_not_nest(db_path: Path, storage_key: bytes, counter: FileCounter) -> None:
+    with open_store(db_path, storage_key, counter, create=True) as store:
+        with pytest.raises(StoreUnavailable, match="do not nest"), store.transaction() as tx:
+            tx.put("keys", "a", b"1")
+            store.put("keys", "b", b"2")
+        assert store.get("keys", "a") is None and store.get("keys", "b") is None
+        store.put("keys", "c", b"3")  # usable afterwards
+
+
+def test_failed_commit_changes_nothing_and_store_stays_usable(
+    db_path: Path, storage_key: bytes, counter: FileCounter
+) -> None:
+    from enclave.storage.sqlite import SqliteStoreConfig
+
+    filled(db_path, storage_key, counter).close()
+    store = SqliteStore.open(
+        db_path, storage_key, counter, config=SqliteStoreConfig(busy_timeout_ms=50)
+    )
+    before = counter.read()
+    blocker = raw(db_path)
+    blocker.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
+    try:
+        with pytest.raises(StoreUnavailable, match="rolled back"):
+            store.put("keys", "key_c", b"charlie")
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert counter.read() == before and store.get("keys", "key_c") is None
+    store.put("keys", "key_c", b"charlie")
+    store.close()
+    with open_store(db_path, storage_key, counter) as reopened:
+        assert reopened.record_count == 4
