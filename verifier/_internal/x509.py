@@ -12,11 +12,13 @@ a chain is only accepted when its last certificate is one of the anchors given t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import datetime
 from threading import Lock
 
@@ -225,7 +227,10 @@ class Certificate:
                 return ext
         return None
 
-    @property
+    # cached_property: a pure function of the immutable DER, decoded once per instance
+    # (ChainVerifier asks on every chain walk). It writes the instance __dict__ directly,
+    # which a frozen dataclass allows.
+    @functools.cached_property
     def is_ca(self) -> bool | None:
         """True/False from basicConstraints, or None when the extension is absent."""
         ext = self.extension(OID_BASIC_CONSTRAINTS)
@@ -234,7 +239,7 @@ class Certificate:
         parts = der.read_single(ext.value).children()
         return bool(parts) and parts[0].tag == der.TAG_BOOLEAN and parts[0].content != b"\x00"
 
-    @property
+    @functools.cached_property
     def common_name(self) -> str:
         return name_common_name(self.subject)
 
