@@ -105,22 +105,19 @@ class GuestPolicy:
         if raw >> (POLICY_HIGHEST_DEFINED_BIT + 1):
             raise MalformedEvidence(f"guest policy 0x{raw:x} sets reserved bits 63:26")
 
-        def bit(n: int) -> bool:
-            return bool(raw >> n & 1)
-
         return cls(
-            raw=raw,
-            abi_minor=raw & 0xFF,
-            abi_major=raw >> 8 & 0xFF,
-            smt=bit(POLICY_SMT),
-            migrate_ma=bit(POLICY_MIGRATE_MA),
-            debug=bit(POLICY_DEBUG),
-            single_socket=bit(POLICY_SINGLE_SOCKET),
-            cxl_allowed=bit(POLICY_CXL_ALLOW),
-            mem_aes_256_xts=bit(POLICY_MEM_AES_256_XTS),
-            rapl_disabled=bit(POLICY_RAPL_DIS),
-            ciphertext_hiding=bit(POLICY_CIPHERTEXT_HIDING),
-            page_swap_disabled=bit(POLICY_PAGE_SWAP_DISABLE),
+            raw,
+            raw & 0xFF,
+            raw >> 8 & 0xFF,
+            bool(raw >> POLICY_SMT & 1),
+            bool(raw >> POLICY_MIGRATE_MA & 1),
+            bool(raw >> POLICY_DEBUG & 1),
+            bool(raw >> POLICY_SINGLE_SOCKET & 1),
+            bool(raw >> POLICY_CXL_ALLOW & 1),
+            bool(raw >> POLICY_MEM_AES_256_XTS & 1),
+            bool(raw >> POLICY_RAPL_DIS & 1),
+            bool(raw >> POLICY_CIPHERTEXT_HIDING & 1),
+            bool(raw >> POLICY_PAGE_SWAP_DISABLE & 1),
         )
 
     def flags(self) -> dict[str, JsonValue]:

@@ -58,7 +58,6 @@ from verifier.snp.abi import (
     SIGNING_KEY_VLEK,
     AttestationReport,
     Product,
-    TcbVersion,
     tcb_json,
 )
 
@@ -82,11 +81,13 @@ TCB_EXTENSIONS: tuple[tuple[str, str], ...] = (
 CHIP_ID_SIZE = 64
 TURIN_HWID_SIZE = 8  # Turin VCEKs are issued for the first 8 bytes of CHIP_ID
 MAX_CERT_BLOBS = 16
-MAX_CERT_BLOB_BYTES = 256 * 1024  # a PEM bundle of VCEK + ASK + ARK is about 6.5 KiB
+MAX_CERT_BLOB_BYTES = 256 * 1024
+SMALL_CERT_BLOB_BYTES = 8 * 1024  # a PEM bundle of VCEK + ASK + ARK is about 6.5 KiB
 MAX_COLLATERAL_BLOBS = 16
 MAX_COLLATERAL_BLOB_BYTES = 1024 * 1024  # AMD's CRLs are a few KiB
 
 KeyKind = Literal["vcek", "vlek"]
+_ECDSA_SHA384 = ec.ECDSA(hashes.SHA384())  # immutable algorithm descriptor, not state
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -183,6 +184,11 @@ class SnpCache:
     """
 
     def __init__(self, max_entries: int = 256) -> None:
+        # Small files (a VCEK, a VCEK+ASK+ARK bundle) are keyed by their bytes: hashing them
+        # with SHA-256 would cost more than the rest of the lookup. Larger ones by digest.
+        self._small_cert_files: _Lru[bytes, tuple[tuple[Certificate, bool], ...]] = _Lru(
+            max_entries
+        )
         self._cert_files: _Lru[bytes, tuple[tuple[Certificate, bool], ...]] = _Lru(max_entries)
         self._keys: _Lru[bytes, EndorsementKey] = _Lru(max_entries)
         self._crls: _Lru[bytes, RevocationList] = _Lru(max_entries)
@@ -190,6 +196,8 @@ class SnpCache:
 
     def certificates(self, blob: bytes) -> tuple[tuple[Certificate, bool], ...]:
         """The certificates in ``blob``, each with whether it can be an end-entity (leaf)."""
+        if len(blob) <= SMALL_CERT_BLOB_BYTES:
+            return self._small_cert_files.get_or_make(bytes(blob), lambda: _load_certificates(blob))
         if len(blob) > MAX_CERT_BLOB_BYTES:
             raise MalformedCertificate(f"certificate file is larger than {MAX_CERT_BLOB_BYTES}")
         return self._cert_files.get_or_make(
@@ -340,7 +348,7 @@ def _verify(
         key.public_key.verify(
             encode_dss_signature(report.signature_r, report.signature_s),
             report.signed_bytes,
-            ec.ECDSA(hashes.SHA384()),
+            _ECDSA_SHA384,
         )
     except InvalidSignature:
         raise BadSignature(
@@ -356,8 +364,7 @@ def _verify(
             f"but the certificate is a {key.kind.upper()}"
         )
     product = _product(report, key, path)
-    reported = TcbVersion.decode(report.reported_tcb, product)
-    _check_tcb(key, reported, product)
+    _check_tcb(key, tcb_json(report.reported_tcb, product), product)
     _check_hwid(report, key, product)
     return _claims(report, key, product, simulated)
 
@@ -420,11 +427,10 @@ def _product(
     return product
 
 
-def _check_tcb(key: EndorsementKey, reported: TcbVersion, product: Product) -> None:
+def _check_tcb(key: EndorsementKey, seen: Mapping[str, JsonValue], product: Product) -> None:
     # VCEK spec: the certificate is issued for one TCB; it must equal REPORTED_TCB (report
     # table, row 0x180), not CURRENT_TCB: the host may hold back the reported TCB.
     names = ["bootloader", "tee", "snp", "microcode"] + (["fmc"] if product == "Turin" else [])
-    seen = reported.components()
     for name in names:
         if name not in key.tcb:
             raise CertificateMismatch(f"the {key.kind.upper()} has no {name} SPL extension")
