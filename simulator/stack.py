@@ -113,7 +113,6 @@ class SimStack:
         config = launch_config_for(self.platform)
         (self.state / "launch.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         self.launch_config = canonical_launch_config(config)
-        self.measurement = simulated_measurement(RUNNING_TREE, self.launch_config)
         key_dir = self.state / "verifier"
         key_dir.mkdir(exist_ok=True)
         key_path = key_dir / "signing-key.pem"
@@ -207,6 +206,11 @@ class SimStack:
         self.verifier_url = line.removeprefix("ready ").strip()
 
     async def _start_enclave(self) -> None:
+        # Measured just before launch, as the enclave's fake hardware measures at its start:
+        # the reference is the code that is launched (a tree edited in between is refused).
+        self.measurement = await asyncio.to_thread(
+            simulated_measurement, RUNNING_TREE, self.launch_config
+        )
         self._enclave, line = await self._spawn(
             [
                 "-m", "enclave.server", "serve", "--state", str(self.state),
