@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
@@ -362,7 +362,3 @@ class KeyHierarchy:
             raise KeyStateError(f"KEK {kek.cache_id} is {kek.state.value}")
         return KekRef(kek.cache_id, kek.wrapped)
 
-
-def without_secret(version: KeyVersion) -> KeyVersion:
-    """A copy without wrapped material, e.g. for a metadata-only (level 0) view."""
-    return replace(version, wrapped=b"\0" * 16)
