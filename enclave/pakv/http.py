@@ -1,0 +1,65 @@
+"""aiohttp routes (HTTP/1.1) for the K/V key service, for the enclave app and kms-sim.
+
+A thin adapter: every route hands a ``PakvRequest`` to the one ``PakvService`` and writes
+its ``Answer`` back. No logic lives here, so this front end and the HTTP/2 one
+(``h2server``) cannot disagree.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from enclave.pakv.formats import (
+    CHALLENGE_PATH,
+    KEY_BY_ID_PREFIX,
+    PUBLIC_KEYS_ALIAS_PATH,
+    PUBLIC_KEYS_PATH,
+    RECENT_KEYS_PATH,
+    SESSION_PATH,
+    SIGNED_PUBLIC_KEYS_PATH,
+)
+from enclave.pakv.service import PakvRequest, PakvService
+from enclave.problems import problem_middleware
+
+PAKV_SERVICE = web.AppKey("pakv_service", PakvService)
+
+
+def pakv_routes(service: PakvService) -> list[web.RouteDef]:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        limit = service.config.max_request_bytes
+        body = b""
+        if request.can_read_body:
+            body = await request.content.read(limit + 1)
+        answer = await service.handle(
+            PakvRequest(
+                method=request.method,
+                path=request.path,
+                query={k: v for k, v in request.query.items()},
+                headers={k.lower(): v for k, v in request.headers.items()},
+                body=body,
+                transport=f"http/{request.version.major}.{request.version.minor}",
+            )
+        )
+        response = web.Response(status=answer.status, body=answer.body)
+        for name, value in answer.all_headers():
+            response.headers[name] = value
+        return response
+
+    gets = (PUBLIC_KEYS_PATH, PUBLIC_KEYS_ALIAS_PATH, SIGNED_PUBLIC_KEYS_PATH, RECENT_KEYS_PATH)
+    routes = [web.get(path, handle) for path in gets]
+    routes += [web.post(path, handle) for path in (CHALLENGE_PATH, SESSION_PATH)]
+    routes.append(web.get(KEY_BY_ID_PREFIX + "{key_id}", handle))
+    return routes
+
+
+def add_pakv_routes(app: web.Application, service: PakvService) -> None:
+    """Mount the K/V key endpoints on an existing app (the enclave app, kms-sim)."""
+    app[PAKV_SERVICE] = service
+    app.add_routes(pakv_routes(service))
+
+
+def create_pakv_app(service: PakvService) -> web.Application:
+    """A stand-alone app (problem+json for routing errors too)."""
+    app = web.Application(middlewares=[problem_middleware], client_max_size=service.config.max_request_bytes)
+    add_pakv_routes(app, service)
+    return app
