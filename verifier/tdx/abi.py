@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import Protocol, overload
 
 from verifier.errors import MalformedEvidence
 
@@ -51,7 +52,7 @@ QE_REPORT_SIGNATURE_SIZE = 64
 MAX_QUOTE_BYTES = 1 << 20
 
 _TD_FIELDS_10: tuple[tuple[str, int], ...] = (
-    # Quote Format A.3.2 "TD Quote Body" (TDX 1.0), offsets in order.
+    # Quote Format A.3.2 "TD Quote Body" (TDX 1.0), in wire order.
     ("tee_tcb_svn", 16),
     ("mr_seam", 48),
     ("mr_signer_seam", 48),
@@ -72,12 +73,47 @@ _TD_FIELDS_10: tuple[tuple[str, int], ...] = (
 _TD_FIELDS_15_EXTRA: tuple[tuple[str, int], ...] = (("tee_tcb_svn_2", 16), ("mr_servicetd", 48))
 
 
-def _check_layout() -> None:
-    assert sum(size for _, size in _TD_FIELDS_10) == TD_REPORT10_SIZE
-    assert TD_REPORT10_SIZE + sum(size for _, size in _TD_FIELDS_15_EXTRA) == TD_REPORT15_SIZE
+def _offsets(layout: tuple[tuple[str, int], ...]) -> dict[str, tuple[int, int]]:
+    out, offset = {}, 0
+    for name, size in layout:
+        out[name] = (offset, offset + size)
+        offset += size
+    return out
 
 
-_check_layout()
+TD_REPORT_OFFSETS = _offsets(_TD_FIELDS_10 + _TD_FIELDS_15_EXTRA)
+assert TD_REPORT_OFFSETS["report_data"][1] == TD_REPORT10_SIZE
+assert TD_REPORT_OFFSETS["mr_servicetd"][1] == TD_REPORT15_SIZE
+
+
+class _Bytes:
+    """A read-only field at a fixed offset of a validated raw structure (``self.raw``).
+
+    Parsing validates the sizes once; fields are then slices of the raw bytes, read on
+    access. This keeps each parsed object a single immutable ``bytes`` value, which matters
+    on the per-quote path (a frozen dataclass pays for every field it stores).
+    """
+
+    def __init__(self, start: int, end: int) -> None:
+        self.start, self.end = start, end
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> _Bytes: ...
+    @overload
+    def __get__(self, obj: _Raw, owner: type) -> bytes: ...
+    def __get__(self, obj: _Raw | None, owner: type) -> _Bytes | bytes:
+        if obj is None:
+            return self
+        return obj.raw[self.start : self.end]
+
+
+class _Raw(Protocol):
+    @property
+    def raw(self) -> bytes: ...
+
+
+def _td(name: str) -> _Bytes:
+    return _Bytes(*TD_REPORT_OFFSETS[name])
 
 
 @dataclass(frozen=True)
@@ -119,43 +155,57 @@ class QuoteHeader:
 
 @dataclass(frozen=True)
 class TdReport:
-    """Quote Format A.3.2 / A.4.4: the TD report body the attestation key signs."""
+    """Quote Format A.3.2 / A.4.4: the TD report body the attestation key signs.
 
-    tee_tcb_svn: bytes
-    mr_seam: bytes
-    mr_signer_seam: bytes
-    seam_attributes: bytes
-    td_attributes: bytes
-    xfam: bytes
-    mrtd: bytes
-    mr_config_id: bytes
-    mr_owner: bytes
-    mr_owner_config: bytes
-    rtmr0: bytes
-    rtmr1: bytes
-    rtmr2: bytes
-    rtmr3: bytes
-    report_data: bytes
-    tee_tcb_svn_2: bytes | None = None
-    mr_servicetd: bytes | None = None
+    ``raw`` is exactly 584 bytes (type 2, TDX 1.0) or 648 bytes (type 3, TDX 1.5).
+    """
+
+    raw: bytes = field(repr=False)
+    body_type: int
+
+    tee_tcb_svn = _td("tee_tcb_svn")
+    mr_seam = _td("mr_seam")
+    mr_signer_seam = _td("mr_signer_seam")
+    seam_attributes = _td("seam_attributes")
+    td_attributes = _td("td_attributes")
+    xfam = _td("xfam")
+    mrtd = _td("mrtd")
+    mr_config_id = _td("mr_config_id")
+    mr_owner = _td("mr_owner")
+    mr_owner_config = _td("mr_owner_config")
+    rtmr0 = _td("rtmr0")
+    rtmr1 = _td("rtmr1")
+    rtmr2 = _td("rtmr2")
+    rtmr3 = _td("rtmr3")
+    report_data = _td("report_data")
 
     @classmethod
     def from_bytes(cls, data: bytes, body_type: int) -> TdReport:
         expected = BODY_SIZES.get(body_type)
         if expected is None or len(data) != expected:
             raise MalformedEvidence(f"TD report body of type {body_type} is {len(data)} bytes")
-        layout = _TD_FIELDS_10 + (_TD_FIELDS_15_EXTRA if body_type == BODY_TYPE_TDX15 else ())
-        values: dict[str, bytes] = {}
-        offset = 0
-        for name, size in layout:
-            values[name] = data[offset : offset + size]
-            offset += size
-        return cls(**values)
+        return cls(data, body_type)
+
+    @property
+    def tee_tcb_svn_2(self) -> bytes | None:
+        """TDX 1.5 only (body type 3)."""
+        if self.body_type != BODY_TYPE_TDX15:
+            return None
+        start, end = TD_REPORT_OFFSETS["tee_tcb_svn_2"]
+        return self.raw[start:end]
+
+    @property
+    def mr_servicetd(self) -> bytes | None:
+        """TDX 1.5 only (body type 3)."""
+        if self.body_type != BODY_TYPE_TDX15:
+            return None
+        start, end = TD_REPORT_OFFSETS["mr_servicetd"]
+        return self.raw[start:end]
 
     @property
     def debug(self) -> bool:
         """TDX module spec, TDINFO ATTRIBUTES: bit 0 (DEBUG) of the little-endian u64."""
-        return bool(self.td_attributes[0] & 0x01)
+        return bool(self.raw[TD_REPORT_OFFSETS["td_attributes"][0]] & 0x01)
 
     @property
     def rtmrs(self) -> tuple[bytes, bytes, bytes, bytes]:
@@ -164,34 +214,31 @@ class TdReport:
 
 @dataclass(frozen=True)
 class EnclaveReport:
-    """The Quoting Enclave's 384-byte SGX report body (SGX ECDSA Quote Library reference)."""
+    """The Quoting Enclave's 384-byte SGX report body (SGX ECDSA Quote Library reference,
+    "Enclave Report Body"): offsets below, ``raw`` exactly 384 bytes."""
 
     raw: bytes = field(repr=False)
-    cpu_svn: bytes
-    misc_select: bytes
-    attributes: bytes
-    mr_enclave: bytes
-    mr_signer: bytes
-    isv_prod_id: int
-    isv_svn: int
-    report_data: bytes
+
+    cpu_svn = _Bytes(0, 16)
+    misc_select = _Bytes(16, 20)
+    attributes = _Bytes(48, 64)
+    mr_enclave = _Bytes(64, 96)
+    mr_signer = _Bytes(128, 160)
+    report_data = _Bytes(320, 384)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> EnclaveReport:
         if len(data) != ENCLAVE_REPORT_SIZE:
             raise MalformedEvidence(f"QE report is {len(data)} bytes, not {ENCLAVE_REPORT_SIZE}")
-        isv_prod_id, isv_svn = struct.unpack_from("<HH", data, 256)
-        return cls(
-            raw=data,
-            cpu_svn=data[0:16],
-            misc_select=data[16:20],
-            attributes=data[48:64],
-            mr_enclave=data[64:96],
-            mr_signer=data[128:160],
-            isv_prod_id=isv_prod_id,
-            isv_svn=isv_svn,
-            report_data=data[320:384],
-        )
+        return cls(data)
+
+    @property
+    def isv_prod_id(self) -> int:
+        return int.from_bytes(self.raw[256:258], "little")
+
+    @property
+    def isv_svn(self) -> int:
+        return int.from_bytes(self.raw[258:260], "little")
 
 
 @dataclass(frozen=True)

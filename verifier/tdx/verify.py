@@ -81,6 +81,7 @@ class _Memos:
 
 
 _MEMOS = _Memos()
+_NO_COLLATERAL = Collateral()
 
 
 def verify(
@@ -98,7 +99,7 @@ def verify(
     pck = _pck_chain(quote.pck_chain)
     extra = _extra_certificates(certs)
     endorsements = (
-        Collateral.from_items(collateral, _MEMOS.collateral_items) if collateral else Collateral()
+        Collateral.from_items(collateral, _MEMOS.collateral_items) if collateral else _NO_COLLATERAL
     )
     crls = endorsements.crls
     for crl in crls:
@@ -109,10 +110,6 @@ def verify(
     chains.verify_chain(
         pck.leaf, (*pck.others, *extra, *roots.intermediates), roots.anchors, at, crls
     )
-    # QVL 4.1.2.4.4: the leaf must be a PCK certificate.
-    if PCK_CN_PHRASE not in pck.leaf.common_name:
-        raise BadCertificateChain(f"{pck.leaf.common_name!r} is not an SGX PCK certificate")
-
     # QVL 4.1.2.4.12: the QE report is signed by the PCK leaf key (ECDSA P-256, SHA-256).
     _verify_ecdsa(
         pck.leaf_key,
@@ -355,9 +352,9 @@ def _certificate_key(cert: Certificate) -> ec.EllipticCurvePublicKey:
 
 
 def _pck_chain(data: bytes) -> PckChain:
-    return _MEMOS.pck_chains.get_or_compute(
-        hashlib.sha256(data).digest(), lambda: _parse_pck_chain(data)
-    )
+    # Keyed by the chain bytes themselves (a few KiB): hashing them is cheaper than SHA-256,
+    # and equality on a hit compares every byte.
+    return _MEMOS.pck_chains.get_or_compute(data, partial(_parse_pck_chain, data))
 
 
 def _parse_pck_chain(data: bytes) -> PckChain:
@@ -379,6 +376,9 @@ def _parse_pck_chain(data: bytes) -> PckChain:
     if len(leaves) > 1:
         raise MalformedEvidence("the quote's certification data holds several PCK certificates")
     leaf = leaves[0]
+    # QVL 4.1.2.4.4: the leaf must be a PCK certificate (checked here, once per chain).
+    if PCK_CN_PHRASE not in leaf.common_name:
+        raise BadCertificateChain(f"{leaf.common_name!r} is not an SGX PCK certificate")
     extensions = PckExtensions.from_certificate(leaf)
     return PckChain(
         leaf=leaf,
