@@ -302,7 +302,7 @@ def _check_crl_signature(crl: RevocationList, issuer: Certificate) -> None:
     try:
         verify_signature(issuer.public_key(), crl.signature_algorithm, crl.signature, crl.tbs)
     except InvalidSignature:
-        raise BadSignature(f"CRL from {issuer.common_name!r} has a bad signature") from None
+        raise CollateralError(f"CRL from {issuer.common_name!r} has a bad signature") from None
     _MEMOS.verified_signatures.add(key, True)
 
 
