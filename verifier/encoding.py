@@ -34,7 +34,9 @@ def decode_evidence(data: bytes) -> bytes:
 
 
 def _looks_like_text(data: bytes) -> bool:
-    return bool(data) and (_HEX_TEXT.match(data) is not None or _BASE64_TEXT.match(data) is not None)
+    return bool(data) and (
+        _HEX_TEXT.match(data) is not None or _BASE64_TEXT.match(data) is not None
+    )
 
 
 def _decode_hex(text: bytes) -> bytes | None:

@@ -147,9 +147,7 @@ class Policy:
                 if any(m.value == claims.measurement for m in self.measurements):
                     expected = f"{expected}; reference {', '.join(expired)} expired"
                 found.append(Mismatch("measurement", claims.measurement.hex(), expected))
-        if self.report_data is not None and _pad64(claims.report_data) != _pad64(
-            self.report_data
-        ):
+        if self.report_data is not None and _pad64(claims.report_data) != _pad64(self.report_data):
             found.append(
                 Mismatch("report_data", claims.report_data.hex(), _pad64(self.report_data).hex())
             )

@@ -97,5 +97,7 @@ class TrustRoots:
         return cls(
             label=label,
             simulated=simulated,
-            platforms={p: PlatformRoots.from_certificates(load_certificates(b)) for p, b in pems.items()},
+            platforms={
+                p: PlatformRoots.from_certificates(load_certificates(b)) for p, b in pems.items()
+            },
         )

@@ -18,7 +18,6 @@ import re
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from datetime import datetime
 from threading import Lock
 
@@ -31,7 +30,7 @@ from cryptography.hazmat.primitives.serialization import load_der_public_key
 from verifier._internal import der
 from verifier.errors import (
     BadCertificateChain,
-    BadSignature,
+    CollateralError,
     Expired,
     MalformedCertificate,
     Revoked,
@@ -269,7 +268,10 @@ def load_certificates(data: bytes) -> list[Certificate]:
     if blocks:
         import base64
 
-        return [Certificate.from_der(base64.b64decode(b"".join(m.group("body").split()))) for m in blocks]
+        return [
+            Certificate.from_der(base64.b64decode(b"".join(m.group("body").split())))
+            for m in blocks
+        ]
     if data.lstrip().startswith(b"-----BEGIN"):
         raise MalformedCertificate("PEM data holds no CERTIFICATE block")
     return load_concatenated_der(data)
@@ -281,7 +283,7 @@ def load_concatenated_der(data: bytes) -> list[Certificate]:
     offset = 0
     try:
         while offset < len(data):
-            if data[offset:] .strip(b"\x00") == b"":
+            if data[offset:].strip(b"\x00") == b"":
                 break
             element, end = der.read_element(data, offset)
             certs.append(Certificate.from_der(element.encoded))
@@ -367,7 +369,9 @@ class ChainVerifier:
                 f"not {issuer.common_name!r}"
             )
         try:
-            verify_signature(issuer.public_key(), child.signature_algorithm, child.signature, child.tbs)
+            verify_signature(
+                issuer.public_key(), child.signature_algorithm, child.signature, child.tbs
+            )
         except InvalidSignature:
             raise BadCertificateChain(
                 f"{child.common_name!r} is not signed by {issuer.common_name!r}"
@@ -437,9 +441,13 @@ class ChainVerifier:
             if issuer is None:
                 continue
             try:
-                verify_signature(issuer.public_key(), crl.signature_algorithm, crl.signature, crl.tbs)
+                verify_signature(
+                    issuer.public_key(), crl.signature_algorithm, crl.signature, crl.tbs
+                )
             except InvalidSignature:
-                raise BadSignature(f"CRL from {issuer.common_name!r} has a bad signature") from None
+                raise CollateralError(
+                    f"CRL from {issuer.common_name!r} has a bad signature"
+                ) from None
             if at < crl.this_update or (crl.next_update is not None and at > crl.next_update):
                 raise Expired(
                     f"CRL from {issuer.common_name!r} is valid {crl.this_update.isoformat()}"
