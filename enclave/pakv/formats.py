@@ -226,9 +226,15 @@ class KeyData:
 
 
 _EK_FIELDS = {
-    "name", "encryptionKeyType", "publicKeysetHandle", "publicKeyMaterial", "creationTime",
-    "activationTime", "expirationTime", "keyData",
-}  # fmt: skip
+    "name",
+    "encryptionKeyType",
+    "publicKeysetHandle",
+    "publicKeyMaterial",
+    "creationTime",
+    "activationTime",
+    "expirationTime",
+    "keyData",
+}
 
 
 @dataclass(frozen=True)
@@ -346,19 +352,28 @@ class SignedPublicKeys:
     @classmethod
     def from_body(cls, body: bytes) -> SignedPublicKeys:
         names = {
-            "format", "kmsId", "timestamp", "body", "keys", "algorithm", "signingKey",
-            "signature", "certificate",
-        }  # fmt: skip
-        doc = _object(_parse_json(body, 64 * 1024), "the signed key list", names,
-                      names - {"certificate"})  # fmt: skip
+            "format",
+            "kmsId",
+            "timestamp",
+            "body",
+            "keys",
+            "algorithm",
+            "signingKey",
+            "signature",
+            "certificate",
+        }
+        doc = _object(
+            _parse_json(body, 64 * 1024), "the signed key list", names, names - {"certificate"}
+        )
         if doc["format"] != SIGNED_FORMAT or doc["algorithm"] != "Ed25519":
             raise FormatError("unknown signed key list format or algorithm")
         inner = unb64(doc["body"], "body")
         keys = PublicKeySet.from_body(inner)
         listed = doc["keys"]
-        if not isinstance(listed, list) or tuple(
-            PublicKeyEntry.from_json(k) for k in listed
-        ) != keys.keys:
+        if (
+            not isinstance(listed, list)
+            or tuple(PublicKeyEntry.from_json(k) for k in listed) != keys.keys
+        ):
             raise FormatError("keys do not match the signed body")
         certificate = doc.get("certificate")
         return cls(

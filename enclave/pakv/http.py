@@ -60,6 +60,8 @@ def add_pakv_routes(app: web.Application, service: PakvService) -> None:
 
 def create_pakv_app(service: PakvService) -> web.Application:
     """A stand-alone app (problem+json for routing errors too)."""
-    app = web.Application(middlewares=[problem_middleware], client_max_size=service.config.max_request_bytes)
+    app = web.Application(
+        middlewares=[problem_middleware], client_max_size=service.config.max_request_bytes
+    )
     add_pakv_routes(app, service)
     return app

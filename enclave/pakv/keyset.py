@@ -283,8 +283,9 @@ class KeySet:
             assert self.split.peer_transfer_public_key is not None
             peer_key = X25519PublicKey.from_public_bytes(self.split.peer_transfer_public_key)
             sealed = SUITE.encrypt(share_for_peer, peer_key, info=_share_info(record.key_id))
-            share = PeerShare(_replace(record, wrapped_private=sealed, party=2,
-                                       peer_kms_id=self.kms_id))  # fmt: skip
+            share = PeerShare(
+                _replace(record, wrapped_private=sealed, party=2, peer_kms_id=self.kms_id)
+            )
         return record, share
 
     def import_peer_share(self, share: PeerShare) -> KeyRecord:
@@ -297,9 +298,10 @@ class KeySet:
             raise KeySetError("this share is not for party 2 of a split key")
         try:
             material = SUITE.decrypt(
-                theirs.wrapped_private, self.split.transfer_private_key,
+                theirs.wrapped_private,
+                self.split.transfer_private_key,
                 info=_share_info(theirs.key_id),
-            )  # fmt: skip
+            )
         except Exception:
             raise UnwrapError("the peer share does not unwrap") from None
         existing = self._records.get(theirs.key_id)

@@ -160,8 +160,11 @@ class Answer:
 
 
 def problem_answer(exc: ProblemError, instance: str, date: str | None = None) -> Answer:
-    body: dict[str, Any] = {"type": problem_type(exc.slug), "title": exc.title,
-                            "status": exc.status}  # fmt: skip
+    body: dict[str, Any] = {
+        "type": problem_type(exc.slug),
+        "title": exc.title,
+        "status": exc.status,
+    }
     if exc.detail:
         body["detail"] = exc.detail
     body["instance"] = instance
@@ -248,8 +251,9 @@ class PakvService:
             log.exception("unhandled error answering %s %s", request.method, request.path)
             return problem_answer(ProblemError(), request.path, date)
         if not any(name.lower() == "date" for name, _ in answer.headers):
-            answer = Answer(answer.status, answer.body, answer.content_type,
-                            (*answer.headers, ("Date", date)))  # fmt: skip
+            answer = Answer(
+                answer.status, answer.body, answer.content_type, (*answer.headers, ("Date", date))
+            )
         return answer
 
     async def _route(self, request: PakvRequest, now: datetime) -> Answer:
@@ -288,8 +292,13 @@ class PakvService:
 
     async def _public_keys(self, request: PakvRequest, now: datetime) -> Answer:
         keys, body, max_age = self.public_key_set(now)
-        await self._record("anonymous", "pakv.public_keys", "allowed", status=200,
-                           details={"keys": [k.id for k in keys.keys]})  # fmt: skip
+        await self._record(
+            "anonymous",
+            "pakv.public_keys",
+            "allowed",
+            status=200,
+            details={"keys": [k.id for k in keys.keys]},
+        )
         return Answer(200, body, headers=_cache_headers(now, max_age))
 
     def signed_public_keys(self, now: datetime) -> tuple[SignedPublicKeys, int]:
@@ -309,10 +318,14 @@ class PakvService:
 
     async def _signed_public_keys(self, request: PakvRequest, now: datetime) -> Answer:
         document, max_age = self.signed_public_keys(now)
-        await self._record("anonymous", "pakv.public_keys.signed", "allowed", status=200,
-                           details={"keys": [k.id for k in document.keys.keys]})  # fmt: skip
-        return Answer(200, canonical_json(document.to_json()),
-                      headers=_cache_headers(now, max_age))  # fmt: skip
+        await self._record(
+            "anonymous",
+            "pakv.public_keys.signed",
+            "allowed",
+            status=200,
+            details={"keys": [k.id for k in document.keys.keys]},
+        )
+        return Answer(200, canonical_json(document.to_json()), headers=_cache_headers(now, max_age))
 
     # -- attestation hand-off ----------------------------------------------------------------
     async def _challenge(self, request: PakvRequest, now: datetime) -> Answer:
@@ -323,9 +336,11 @@ class PakvService:
         challenge = secrets.token_bytes(32)
         expires = now_ms + int(self.config.challenge_ttl.total_seconds() * 1000)
         self._challenges[challenge] = expires
-        return Answer(200, canonical_json({"challenge": b64(challenge),
-                                           "expiresAt": str(expires)}),
-                      headers=(("Cache-Control", "no-store"),))  # fmt: skip
+        return Answer(
+            200,
+            canonical_json({"challenge": b64(challenge), "expiresAt": str(expires)}),
+            headers=(("Cache-Control", "no-store"),),
+        )
 
     async def _session(self, request: PakvRequest, now: datetime) -> Answer:
         now_ms = to_ms(now)
@@ -333,40 +348,57 @@ class PakvService:
         try:
             doc = _session_request(request.body)
         except BadRequest as exc:
-            await self._record("anonymous", "pakv.attest", "invalid", status=400,
-                               details={"reason": exc.detail})  # fmt: skip
+            await self._record(
+                "anonymous", "pakv.attest", "invalid", status=400, details={"reason": exc.detail}
+            )
             raise
         platform, evidence, certs, collateral, public_key, challenge = doc
         if self._challenges.pop(challenge, 0) <= now_ms:
-            await self._record("anonymous", "pakv.attest", "denied", status=401,
-                               details={"reason": "challenge"})  # fmt: skip
+            await self._record(
+                "anonymous", "pakv.attest", "denied", status=401, details={"reason": "challenge"}
+            )
             raise InvalidChallenge()
         try:
             claims = self.release.verifier.verify(
-                platform, evidence, at=now, certs=certs, collateral=collateral,
+                platform,
+                evidence,
+                at=now,
+                certs=certs,
+                collateral=collateral,
                 expected_report_data=release_report_data(public_key, challenge),
-            )  # fmt: skip
+            )
         except VerificationError as exc:
-            await self._record("anonymous", "pakv.attest", "denied", status=401,
-                               details={"reason": type(exc).__name__})  # fmt: skip
+            await self._record(
+                "anonymous",
+                "pakv.attest",
+                "denied",
+                status=401,
+                details={"reason": type(exc).__name__},
+            )
             raise AttestationFailed(f"{type(exc).__name__}: {exc}") from None
         principal = f"pakv-server:{claims.platform}:{claims.measurement.hex()[:32]}"
         mismatches = self._mismatches(claims, now)
         if mismatches:
-            await self._record(principal, "pakv.attest", "denied", status=403,
-                               details={"mismatches": mismatches})  # fmt: skip
+            await self._record(
+                principal, "pakv.attest", "denied", status=403, details={"mismatches": mismatches}
+            )
             raise ReleaseDenied("; ".join(mismatches), extensions={"mismatches": mismatches})
         if len(self._sessions) >= self.config.max_sessions:
             raise TooManyRequests("too many sessions", headers={"Retry-After": "5"})
         token = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
         expires = now_ms + int(self.config.session_ttl.total_seconds() * 1000)
         session = Session(token, public_key, claims, expires)
-        await self._record(principal, "pakv.attest", "allowed", status=200,
-                           details={"kek": thumbprint(public_key)})  # fmt: skip
+        await self._record(
+            principal, "pakv.attest", "allowed", status=200, details={"kek": thumbprint(public_key)}
+        )
         self._sessions[token] = session
-        return Answer(200, canonical_json({"sessionToken": token, "tokenType": "Bearer",
-                                           "expiresAt": str(expires)}),
-                      headers=(("Cache-Control", "no-store"),))  # fmt: skip
+        return Answer(
+            200,
+            canonical_json(
+                {"sessionToken": token, "tokenType": "Bearer", "expiresAt": str(expires)}
+            ),
+            headers=(("Cache-Control", "no-store"),),
+        )
 
     def _mismatches(self, claims: Claims, now: datetime) -> list[str]:
         try:
@@ -381,21 +413,36 @@ class PakvService:
         for token in [t for t, s in self._sessions.items() if s.expires_ms <= now_ms]:
             del self._sessions[token]
 
-    async def _authorize(self, request: PakvRequest, now: datetime, operation: str,
-                         key_id: str | None) -> Session:  # fmt: skip
+    async def _authorize(
+        self, request: PakvRequest, now: datetime, operation: str, key_id: str | None
+    ) -> Session:
         now_ms = to_ms(now)
         self._expire(now_ms)
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         session = self._sessions.get(token.strip()) if scheme.lower() == "bearer" else None
         if session is None:
-            await self._record("anonymous", operation, "denied", key_id=key_id, status=401,
-                               details={"reason": "no attested session"})  # fmt: skip
-            raise Unauthenticated("attest first: POST " + SESSION_PATH,
-                                  headers={"WWW-Authenticate": 'Bearer realm="pakv"'})
+            await self._record(
+                "anonymous",
+                operation,
+                "denied",
+                key_id=key_id,
+                status=401,
+                details={"reason": "no attested session"},
+            )
+            raise Unauthenticated(
+                "attest first: POST " + SESSION_PATH,
+                headers={"WWW-Authenticate": 'Bearer realm="pakv"'},
+            )
         mismatches = self._mismatches(session.claims, now)
         if mismatches:
-            await self._record(session.principal, operation, "denied", key_id=key_id,
-                               status=403, details={"mismatches": mismatches})  # fmt: skip
+            await self._record(
+                session.principal,
+                operation,
+                "denied",
+                key_id=key_id,
+                status=403,
+                details={"mismatches": mismatches},
+            )
             raise ReleaseDenied("; ".join(mismatches), extensions={"mismatches": mismatches})
         return session
 
@@ -405,44 +452,68 @@ class PakvService:
         raw = request.query.get("maxAgeSeconds")
         max_age = _max_age(raw)
         if max_age is None:
-            await self._record("anonymous", operation, "invalid", status=400,
-                               details={"maxAgeSeconds": (raw or "")[:32]})  # fmt: skip
-            raise BadRequest("maxAgeSeconds is required: a positive integer of seconds",
-                             extensions={"parameter": "maxAgeSeconds"})  # fmt: skip
+            await self._record(
+                "anonymous",
+                operation,
+                "invalid",
+                status=400,
+                details={"maxAgeSeconds": (raw or "")[:32]},
+            )
+            raise BadRequest(
+                "maxAgeSeconds is required: a positive integer of seconds",
+                extensions={"parameter": "maxAgeSeconds"},
+            )
         session = await self._authorize(request, now, operation, None)
         records = recent_keys(self.keys, now, timedelta(seconds=max_age))
         records = records[: self.config.max_recent_keys]
         documents = [self._encryption_key(r, session) for r in records]
-        await self._record(session.principal, operation, "allowed", status=200,
-                           details={"keys": [r.key_id for r in records],
-                                    "maxAgeSeconds": max_age,
-                                    "kek": thumbprint(session.public_key)})  # fmt: skip
-        return Answer(200, encryption_keys_body(documents), headers=(("Cache-Control", "no-store"),))
+        await self._record(
+            session.principal,
+            operation,
+            "allowed",
+            status=200,
+            details={
+                "keys": [r.key_id for r in records],
+                "maxAgeSeconds": max_age,
+                "kek": thumbprint(session.public_key),
+            },
+        )
+        return Answer(
+            200, encryption_keys_body(documents), headers=(("Cache-Control", "no-store"),)
+        )
 
     async def _by_id(self, request: PakvRequest, now: datetime) -> Answer:
         operation = "pakv.keys.get"
         key_id = request.path.removeprefix(KEY_BY_ID_PREFIX)
         if not KEY_ID_RE.fullmatch(key_id):
-            await self._record("anonymous", operation, "invalid", status=400,
-                               details={"id": key_id[:32]})  # fmt: skip
+            await self._record(
+                "anonymous", operation, "invalid", status=400, details={"id": key_id[:32]}
+            )
             raise BadRequest("a key id is 16 uppercase hexadecimal characters")
         session = await self._authorize(request, now, operation, key_id)
         record = self.keys.get(key_id)
         if record is None:
-            await self._record(session.principal, operation, "invalid", key_id=key_id,
-                               status=404)  # fmt: skip
+            await self._record(session.principal, operation, "invalid", key_id=key_id, status=404)
             raise NotFound(f"no key {key_id}")
         document = self._encryption_key(record, session)
-        await self._record(session.principal, operation, "allowed", key_id=key_id, status=200,
-                           details={"kek": thumbprint(session.public_key)})  # fmt: skip
-        return Answer(200, canonical_json(document.to_json()),
-                      headers=(("Cache-Control", "no-store"),))  # fmt: skip
+        await self._record(
+            session.principal,
+            operation,
+            "allowed",
+            key_id=key_id,
+            status=200,
+            details={"kek": thumbprint(session.public_key)},
+        )
+        return Answer(
+            200, canonical_json(document.to_json()), headers=(("Cache-Control", "no-store"),)
+        )
 
     def _encryption_key(self, record: KeyRecord, session: Session) -> EncryptionKey:
         material = self.keys.material(record)
         wrapped = wrap_for_client(material, session.public_key, record.key_id, WRAP_VERSION)
-        signature = b64(self.identity.sign(
-            public_key_signature_message(record.key_id, record.public_key)))  # fmt: skip
+        signature = b64(
+            self.identity.sign(public_key_signature_message(record.key_id, record.public_key))
+        )
         own = KeyData(signature, kek_uri(self.kms_id, session.public_key), b64(wrapped))
         data: Sequence[KeyData] = (own,)
         if record.key_type == MULTI_PARTY and record.peer_kms_id:
@@ -460,13 +531,25 @@ class PakvService:
         )
 
     # -- audit ---------------------------------------------------------------------------
-    async def _record(self, principal: str, operation: str, outcome: str, *,
-                      key_id: str | None = None, status: int | None = None,
-                      details: dict[str, Any] | None = None) -> None:  # fmt: skip
+    async def _record(
+        self,
+        principal: str,
+        operation: str,
+        outcome: str,
+        *,
+        key_id: str | None = None,
+        status: int | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
         try:
-            await self._audit(principal=principal, operation=operation, outcome=outcome,
-                              key_id=key_id, status=status,
-                              details={"kms_id": self.kms_id, **(details or {})})  # fmt: skip
+            await self._audit(
+                principal=principal,
+                operation=operation,
+                outcome=outcome,
+                key_id=key_id,
+                status=status,
+                details={"kms_id": self.kms_id, **(details or {})},
+            )
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -510,7 +593,7 @@ def _session_request(
     if not isinstance(doc, dict) or set(doc) - known:
         raise BadRequest(f"the body is an object with fields {sorted(known)}")
     try:
-        platform = parse_platform(doc.get("platform"))
+        platform = parse_platform(str(doc.get("platform")))
     except Exception:
         raise BadRequest("platform is one of sev-snp, tdx, nitro") from None
     lists = []

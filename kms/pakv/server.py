@@ -102,9 +102,12 @@ class PakvKeyFetcher:
         fetcher = cls((), None, _unsafe_test_keys=True)
         private = testkeys.unsafe_test_private_key()
         fetcher._keys[testkeys.UNSAFE_TEST_OHTTP_KEY_ID] = FetchedKey(
-            testkeys.UNSAFE_TEST_KEY_ID, testkeys.UNSAFE_TEST_OHTTP_KEY_ID,
-            private.public_key().public_bytes_raw(), private, 2**62,
-        )  # fmt: skip
+            testkeys.UNSAFE_TEST_KEY_ID,
+            testkeys.UNSAFE_TEST_OHTTP_KEY_ID,
+            private.public_key().public_bytes_raw(),
+            private,
+            2**62,
+        )
         return fetcher
 
     @property
@@ -135,9 +138,10 @@ class PakvKeyFetcher:
             async with self._client(endpoint) as client:
                 token = await self._attest(client, endpoint, ephemeral)
                 response = await client.get(
-                    RECENT_KEYS_PATH, params={"maxAgeSeconds": str(max_age_seconds)},
+                    RECENT_KEYS_PATH,
+                    params={"maxAgeSeconds": str(max_age_seconds)},
                     headers={"Authorization": f"Bearer {token}"},
-                )  # fmt: skip
+                )
                 self.last_transports.append(response.http_version)
                 documents = _keys_from(response)
                 per_kms.append(
@@ -166,9 +170,12 @@ class PakvKeyFetcher:
     def _client(self, endpoint: KmsEndpoint) -> httpx.AsyncClient:
         verify: ssl.SSLContext | bool = endpoint.ssl_context or True
         return httpx.AsyncClient(
-            base_url=endpoint.base_url, http1=False, http2=True, verify=verify,
+            base_url=endpoint.base_url,
+            http1=False,
+            http2=True,
+            verify=verify,
             timeout=self._timeout,
-        )  # fmt: skip
+        )
 
     async def _attest(
         self, client: httpx.AsyncClient, endpoint: KmsEndpoint, ephemeral: X25519PrivateKey
@@ -219,9 +226,7 @@ class PakvKeyFetcher:
         except Exception:
             raise KeyFetchError(f"key {document.key_id}: key material does not unwrap") from None
 
-    def _combine(
-        self, per_kms: list[dict[str, tuple[EncryptionKey, bytes]]]
-    ) -> list[FetchedKey]:
+    def _combine(self, per_kms: list[dict[str, tuple[EncryptionKey, bytes]]]) -> list[FetchedKey]:
         out = []
         key_ids = set().union(*(set(m) for m in per_kms)) if per_kms else set()
         for key_id in sorted(key_ids):
@@ -236,8 +241,15 @@ class PakvKeyFetcher:
             private = X25519PrivateKey.from_private_bytes(material)
             if private.public_key().public_bytes_raw() != document.public_key:
                 raise KeyFetchError(f"key {key_id}: private key does not match its public key")
-            out.append(FetchedKey(key_id, ohttp_key_id(key_id), document.public_key, private,
-                                  document.expiration_ms))  # fmt: skip
+            out.append(
+                FetchedKey(
+                    key_id,
+                    ohttp_key_id(key_id),
+                    document.public_key,
+                    private,
+                    document.expiration_ms,
+                )
+            )
         return out
 
 
@@ -251,8 +263,9 @@ def _raise_for(response: httpx.Response) -> None:
         problem = None
     raise KeyFetchError(
         f"KMS answered {response.status_code} ({problem})",
-        status=response.status_code, problem=problem,
-    )  # fmt: skip
+        status=response.status_code,
+        problem=problem,
+    )
 
 
 def _keys_from(response: httpx.Response) -> tuple[EncryptionKey, ...]:

@@ -45,16 +45,16 @@ class MemoryStore:
     def list(self, kind: str) -> list[RecordRef]:
         return [RecordRef(k, i, v) for (k, i), (v, _) in sorted(self.rows.items()) if k == kind]
 
-    def put(self, kind: str, record_id: str, value: bytes, *,
-            expected_version: int | None = None) -> int:  # fmt: skip
+    def put(
+        self, kind: str, record_id: str, value: bytes, *, expected_version: int | None = None
+    ) -> int:
         current = self.rows.get((kind, record_id), (0, b""))[0]
         if expected_version is not None and expected_version != current:
             raise ValueError("version conflict")
         self.rows[(kind, record_id)] = (current + 1, value)
         return current + 1
 
-    def delete(self, kind: str, record_id: str, *,
-               expected_version: int | None = None) -> bool:  # fmt: skip
+    def delete(self, kind: str, record_id: str, *, expected_version: int | None = None) -> bool:
         return self.rows.pop((kind, record_id), None) is not None
 
     @contextlib.contextmanager
@@ -112,8 +112,9 @@ def snp(tmp_path_factory: pytest.TempPathFactory) -> SimulatedSnp:
 
 @pytest.fixture(scope="session")
 def sim_verifier(snp: SimulatedSnp) -> Verifier:
-    return Verifier(TrustRoots.from_pem({"sev-snp": snp.roots_pem()}, simulated=True,
-                                        label="pakv-sim"))  # fmt: skip
+    return Verifier(
+        TrustRoots.from_pem({"sev-snp": snp.roots_pem()}, simulated=True, label="pakv-sim")
+    )
 
 
 @dataclass(frozen=True)
@@ -128,19 +129,31 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pakv-test")])
     now = dt.datetime.now(dt.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(x509.SubjectAlternativeName(
-            [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
-            critical=False)
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            ),
+            critical=False,
+        )
         .sign(key, hashes.SHA256())
-    )  # fmt: skip
+    )
     directory = tmp_path_factory.mktemp("pakv-tls")
     cert_path, key_path = directory / "cert.pem", directory / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                         serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server.load_cert_chain(cert_path, key_path)
     client = ssl.create_default_context(cafile=str(cert_path))
@@ -150,9 +163,13 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
 @pytest.fixture
 def audit_log(tmp_path: Path) -> Iterator[AuditLog]:
     signing = Ed25519PrivateKey.generate()
-    log = AuditLog(FileAuditSink(tmp_path / "audit.jsonl"), sign=signing.sign,
-                   public_key=signing.public_key().public_bytes_raw(), hmac_key=b"k" * 32,
-                   kms_id="kms-a")  # fmt: skip
+    log = AuditLog(
+        FileAuditSink(tmp_path / "audit.jsonl"),
+        sign=signing.sign,
+        public_key=signing.public_key().public_bytes_raw(),
+        hmac_key=b"k" * 32,
+        kms_id="kms-a",
+    )
     log.start()
     yield log
     log.stop()

@@ -23,11 +23,13 @@ SCHEMAS = Path(__file__).resolve().parents[2] / "schemas" / "pakv"
 
 
 def release_policy(verifier: Verifier, launch: LaunchIdentity = GOOD_LAUNCH) -> ReleasePolicy:
-    policy = Policy.from_mapping({
-        "platform": "sev-snp",
-        "allow_simulated": True,
-        "measurements": [{"name": "kv-server", "value": launch.measurement.hex()}],
-    })  # fmt: skip
+    policy = Policy.from_mapping(
+        {
+            "platform": "sev-snp",
+            "allow_simulated": True,
+            "measurements": [{"name": "kv-server", "value": launch.measurement.hex()}],
+        }
+    )
     return ReleasePolicy(policy=policy, verifier=verifier)
 
 
@@ -42,8 +44,14 @@ def make_service(
     store: MemoryStore | None = None,
     rotate: bool = True,
 ) -> tuple[PakvService, KeySet]:
-    keys = KeySet(store or MemoryStore(), os.urandom(32), kms_id=kms_id, clock=clock,
-                  policy=RotationPolicy(), split=split)  # fmt: skip
+    keys = KeySet(
+        store or MemoryStore(),
+        os.urandom(32),
+        kms_id=kms_id,
+        clock=clock,
+        policy=RotationPolicy(),
+        split=split,
+    )
     if rotate:
         keys.run_rotation(clock.now)
     service = PakvService(
@@ -68,8 +76,9 @@ def validator(name: str) -> jsonschema.protocols.Validator:
     registry: Registry[Any] = Registry().with_resources(resources)
     schema = json.loads((SCHEMAS / name).read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
-    return jsonschema.Draft202012Validator(schema, registry=registry,
-                                           format_checker=jsonschema.FormatChecker())  # fmt: skip
+    return jsonschema.Draft202012Validator(
+        schema, registry=registry, format_checker=jsonschema.FormatChecker()
+    )
 
 
 class Recorder:

@@ -53,8 +53,9 @@ async def test_public_keys_over_https_then_ohttp_and_attested_fetch_over_h2(
 
     # 1. A client fetches the public keys over HTTPS and checks headers and signature.
     async with https_server(service, tls) as url, aiohttp.ClientSession() as session:
-        answer = await fetch_public_keys(session, url, identity_public_key=identity.public,
-                                         ssl_context=tls.client, now=clock())  # fmt: skip
+        answer = await fetch_public_keys(
+            session, url, identity_public_key=identity.public, ssl_context=tls.client, now=clock()
+        )
         async with session.get(url + "/v1alpha/publicKeys", ssl=tls.client) as alias:
             assert await alias.read() == answer.body
     validator("public-keys.json").validate(json.loads(answer.body))
@@ -77,8 +78,10 @@ async def test_public_keys_over_https_then_ohttp_and_attested_fetch_over_h2(
             request, server_context = fetcher.decrypt_request(encapsulated)
             assert request == KV_REQUEST
             # 4. ... and answers; only the client that asked can read the answer.
-            assert context.decapsulate_response(
-                server_context.encapsulate_response(KV_RESPONSE)) == KV_RESPONSE
+            assert (
+                context.decapsulate_response(server_context.encapsulate_response(KV_RESPONSE))
+                == KV_RESPONSE
+            )
             # by id too
             document, material = await fetcher.fetch_key(endpoint, key.id)
             assert document.key_type == SINGLE_PARTY
@@ -94,8 +97,7 @@ async def test_public_keys_over_https_then_ohttp_and_attested_fetch_over_h2(
     assert recents[0]["principal"].startswith("pakv-server:sev-snp:")
     by_id = [r for r in records if r["operation"] == "pakv.keys.get"]
     assert [(r["key_id"], r["outcome"]) for r in by_id] == [(key.id, "allowed")] * 2
-    assert sum(r["operation"] == "pakv.attest" and r["outcome"] == "allowed"
-               for r in records) == 4  # fmt: skip
+    assert sum(r["operation"] == "pakv.attest" and r["outcome"] == "allowed" for r in records) == 4
 
 
 async def test_measurement_outside_the_release_policy_gets_403_and_no_key_material(
@@ -113,15 +115,18 @@ async def test_measurement_outside_the_release_policy_gets_403_and_no_key_materi
         assert fetcher.keys == {}
         # The raw answer carries no key material, and a token-less fetch is 401.
         async with httpx.AsyncClient(base_url=base, http1=False, http2=True) as client:
-            response = await client.get("/v1alpha/encryptionKeys:recent",
-                                        params={"maxAgeSeconds": "3888000"})  # fmt: skip
+            response = await client.get(
+                "/v1alpha/encryptionKeys:recent", params={"maxAgeSeconds": "3888000"}
+            )
             assert response.http_version == "HTTP/2"
             assert response.status_code == 401
             assert response.headers["content-type"] == "application/problem+json"
             assert "keyMaterial" not in response.text
     denied = [r for r in audit.records if r["outcome"] == "denied"]
     assert [(r["operation"], r["status"]) for r in denied] == [
-        ("pakv.attest", 403), ("pakv.keys.recent", 401)]
+        ("pakv.attest", 403),
+        ("pakv.keys.recent", 401),
+    ]
     assert "measurement" in denied[0]["details"]["mismatches"][0]
 
 
@@ -131,14 +136,27 @@ async def test_two_party_split_keys(
     clock, audit = real_now_clock(), Recorder()
     transfer = X25519PrivateKey.generate()
     leader, leader_keys = make_service(
-        sim_verifier, identity, audit, clock, kms_id="kms-a", rotate=False,
-        split=SplitConfig(party=1, peer_kms_id="kms-b",
-                          peer_transfer_public_key=transfer.public_key().public_bytes_raw()),
-    )  # fmt: skip
+        sim_verifier,
+        identity,
+        audit,
+        clock,
+        kms_id="kms-a",
+        rotate=False,
+        split=SplitConfig(
+            party=1,
+            peer_kms_id="kms-b",
+            peer_transfer_public_key=transfer.public_key().public_bytes_raw(),
+        ),
+    )
     follower, follower_keys = make_service(
-        sim_verifier, identity, audit, clock, kms_id="kms-b", rotate=False,
+        sim_verifier,
+        identity,
+        audit,
+        clock,
+        kms_id="kms-b",
+        rotate=False,
         split=SplitConfig(party=2, peer_kms_id="kms-a", transfer_private_key=transfer),
-    )  # fmt: skip
+    )
     report = leader_keys.run_rotation(clock.now)
     assert len(report.peer_shares) == 5
     for share in report.peer_shares:
@@ -152,10 +170,12 @@ async def test_two_party_split_keys(
     encapsulated, context = encrypt_request(public.keys[0], KV_REQUEST)
     async with H2Server(leader) as a, H2Server(follower) as b:
         fetcher = PakvKeyFetcher(
-            [KmsEndpoint(f"http://127.0.0.1:{a.port}", "kms-a", identity.public),
-             KmsEndpoint(f"http://127.0.0.1:{b.port}", "kms-b", identity.public)],
+            [
+                KmsEndpoint(f"http://127.0.0.1:{a.port}", "kms-a", identity.public),
+                KmsEndpoint(f"http://127.0.0.1:{b.port}", "kms-b", identity.public),
+            ],
             snp.provider(GOOD_LAUNCH),
-        )  # fmt: skip
+        )
         fetched = await fetcher.refresh()
         assert len(fetched) == 5
         document, _ = await fetcher.fetch_key(fetcher._endpoints[0], public.keys[0].id)
@@ -178,7 +198,8 @@ async def test_unsafe_test_keys_mode_decrypts_test_key_requests(
 
     fetcher = PakvKeyFetcher.unsafe_test_keys()
     encapsulated, context = encapsulate_request(
-        base64.b64decode(UNSAFE_TEST_PUBLIC_KEY_B64), 64, KV_REQUEST)
+        base64.b64decode(UNSAFE_TEST_PUBLIC_KEY_B64), 64, KV_REQUEST
+    )
     with caplog.at_level("WARNING"):
         request, server_context = fetcher.decrypt_request(encapsulated)
     assert request == KV_REQUEST

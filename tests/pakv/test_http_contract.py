@@ -28,26 +28,35 @@ from verifier.verify import Verifier
 PROBLEM = "application/problem+json"
 
 
-async def attest(client: TestClient, snp: SimulatedSnp, launch: LaunchIdentity
-                 ) -> tuple[int, dict[str, object], X25519PrivateKey]:  # fmt: skip
+async def attest(
+    client: TestClient, snp: SimulatedSnp, launch: LaunchIdentity
+) -> tuple[int, dict[str, object], X25519PrivateKey]:
     ephemeral = X25519PrivateKey.generate()
     public = ephemeral.public_key().public_bytes_raw()
-    challenge = base64.b64decode((await (await client.post(
-        "/v1alpha/attestation:challenge")).json())["challenge"])  # fmt: skip
+    challenge = base64.b64decode(
+        (await (await client.post("/v1alpha/attestation:challenge")).json())["challenge"]
+    )
     evidence = snp.provider(launch).evidence(release_report_data(public, challenge))
-    response = await client.post("/v1alpha/attestation:session", json={
-        "platform": "sev-snp",
-        "evidence": base64.b64encode(evidence.evidence).decode(),
-        "certs": [base64.b64encode(c).decode() for c in evidence.certs],
-        "publicKey": base64.b64encode(public).decode(),
-        "challenge": base64.b64encode(challenge).decode(),
-    })  # fmt: skip
+    response = await client.post(
+        "/v1alpha/attestation:session",
+        json={
+            "platform": "sev-snp",
+            "evidence": base64.b64encode(evidence.evidence).decode(),
+            "certs": [base64.b64encode(c).decode() for c in evidence.certs],
+            "publicKey": base64.b64encode(public).decode(),
+            "challenge": base64.b64encode(challenge).decode(),
+        },
+    )
     return response.status, json.loads(await response.read()), ephemeral
 
 
 @pytest.fixture
-async def setup(aiohttp_client, snp: SimulatedSnp, sim_verifier: Verifier,  # type: ignore[no-untyped-def]
-                identity: Identity):  # fmt: skip
+async def setup(
+    aiohttp_client,
+    snp: SimulatedSnp,
+    sim_verifier: Verifier,  # type: ignore[no-untyped-def]
+    identity: Identity,
+):
     clock, audit = real_now_clock(), Recorder()
     service, keys = make_service(sim_verifier, identity, audit, clock)
     client = await aiohttp_client(create_pakv_app(service))
@@ -69,7 +78,8 @@ async def test_public_keys_shape_and_headers(setup, path: str) -> None:  # type:
     expected = keys.active(clock())
     assert [k["id"] for k in document["keys"]] == [r.key_id for r in expected]
     assert [base64.b64decode(k["key"]) for k in document["keys"]] == [
-        r.public_key for r in expected]
+        r.public_key for r in expected
+    ]
     expiries = [r.expiration_ms for r in expected]
     assert expiries == sorted(expiries, reverse=True)  # latest expiry first
     assert parsedate_to_datetime(response.headers["Date"]) == clock()
@@ -92,7 +102,9 @@ async def test_max_age_is_seconds_to_latest_expiry_when_under_a_week(setup) -> N
 def test_client_refuses_an_answer_without_date_or_cache_control(drop: str) -> None:
     headers = {"Date": "Sun, 01 Mar 2026 00:00:00 GMT", "Cache-Control": "max-age=60"}
     del headers[drop]
-    body = b'{"keys":[{"id":"4000000000000000","key":"87ey8XZPXAd+/+ytKv2GFUWW5j9zdepSJ2G4gebDwyM="}]}'
+    body = (
+        b'{"keys":[{"id":"4000000000000000","key":"87ey8XZPXAd+/+ytKv2GFUWW5j9zdepSJ2G4gebDwyM="}]}'
+    )
     with pytest.raises(PublicKeyFetchError):
         check_public_keys_answer(200, headers, body)
 
@@ -109,8 +121,9 @@ async def test_signed_document_verifies_and_catches_a_swap(setup, identity: Iden
     swapped = json.loads(plain)
     swapped["keys"][0]["key"] = base64.b64encode(b"\x01" * 32).decode()
     with pytest.raises(SignatureError):
-        verify_signed_public_keys(document, identity.public, now=clock(),
-                                  body=canonical_json(swapped))  # fmt: skip
+        verify_signed_public_keys(
+            document, identity.public, now=clock(), body=canonical_json(swapped)
+        )
     # ... and one that re-signs with its own key, or edits the signed document.
     with pytest.raises(SignatureError):
         verify_signed_public_keys(document, Identity().public, now=clock())
@@ -148,12 +161,11 @@ async def test_unauthenticated_is_401(setup) -> None:  # type: ignore[no-untyped
 
 
 async def test_fetch_by_id_and_recent_match_the_schema(setup, snp: SimulatedSnp) -> None:  # type: ignore[no-untyped-def]
-    client, service, keys, _, audit = setup
+    client, _service, keys, _, audit = setup
     status, session, ephemeral = await attest(client, snp, GOOD_LAUNCH)
     assert status == 200 and session["tokenType"] == "Bearer"
     auth = {"Authorization": f"Bearer {session['sessionToken']}"}
-    recent = await client.get("/v1alpha/encryptionKeys:recent?maxAgeSeconds=3888000",
-                              headers=auth)  # fmt: skip
+    recent = await client.get("/v1alpha/encryptionKeys:recent?maxAgeSeconds=3888000", headers=auth)
     assert recent.status == 200
     document = await recent.json()
     validator("encryption-keys.json").validate(document)
@@ -172,13 +184,13 @@ async def test_fetch_by_id_and_recent_match_the_schema(setup, snp: SimulatedSnp)
     assert set(entry) == {"publicKeySignature", "keyEncryptionKeyUri", "keyMaterial"}
     assert entry["keyEncryptionKeyUri"].startswith("enclave-kms://kms-a/hpke/")
     parsed = EncryptionKey.from_json(body)
-    material = unwrap_released(base64.b64decode(entry["keyMaterial"]), ephemeral,
-                               record.key_id, 1)  # fmt: skip
+    material = unwrap_released(base64.b64decode(entry["keyMaterial"]), ephemeral, record.key_id, 1)
     private = X25519PrivateKey.from_private_bytes(material)
     assert private.public_key().public_bytes_raw() == parsed.public_key == record.public_key
     # Unknown id: 404; malformed id: 400.
-    assert (await client.get("/v1alpha/encryptionKeys/0123456789ABCDEF", headers=auth)
-            ).status == 404  # fmt: skip
+    assert (
+        await client.get("/v1alpha/encryptionKeys/0123456789ABCDEF", headers=auth)
+    ).status == 404
     assert (await client.get("/v1alpha/encryptionKeys/nope", headers=auth)).status == 400
     outcomes = [(r["operation"], r["outcome"], r["status"]) for r in audit.records]
     assert ("pakv.keys.get", "invalid", 404) in outcomes
@@ -199,13 +211,17 @@ async def test_challenge_is_single_use(setup, snp: SimulatedSnp) -> None:  # typ
     client, *_ = setup
     ephemeral = X25519PrivateKey.generate()
     public = ephemeral.public_key().public_bytes_raw()
-    challenge = base64.b64decode((await (await client.post(
-        "/v1alpha/attestation:challenge")).json())["challenge"])  # fmt: skip
+    challenge = base64.b64decode(
+        (await (await client.post("/v1alpha/attestation:challenge")).json())["challenge"]
+    )
     evidence = snp.provider(GOOD_LAUNCH).evidence(release_report_data(public, challenge))
-    body = {"platform": "sev-snp", "evidence": base64.b64encode(evidence.evidence).decode(),
-            "certs": [base64.b64encode(c).decode() for c in evidence.certs],
-            "publicKey": base64.b64encode(public).decode(),
-            "challenge": base64.b64encode(challenge).decode()}  # fmt: skip
+    body = {
+        "platform": "sev-snp",
+        "evidence": base64.b64encode(evidence.evidence).decode(),
+        "certs": [base64.b64encode(c).decode() for c in evidence.certs],
+        "publicKey": base64.b64encode(public).decode(),
+        "challenge": base64.b64encode(challenge).decode(),
+    }
     assert (await client.post("/v1alpha/attestation:session", json=body)).status == 200
     replay = await client.post("/v1alpha/attestation:session", json=body)
     assert replay.status == 401
@@ -220,8 +236,7 @@ async def test_session_expires(setup, snp: SimulatedSnp) -> None:  # type: ignor
     _, session, _ = await attest(client, snp, GOOD_LAUNCH)
     auth = {"Authorization": f"Bearer {session['sessionToken']}"}
     clock.advance(minutes=6)
-    response = await client.get("/v1alpha/encryptionKeys:recent?maxAgeSeconds=60",
-                                headers=auth)  # fmt: skip
+    response = await client.get("/v1alpha/encryptionKeys:recent?maxAgeSeconds=60", headers=auth)
     assert response.status == 401
 
 

@@ -48,8 +48,11 @@ def test_counter_zero_is_not_a_key() -> None:
 def test_next_key_id_skips_taken_first_bytes() -> None:
     # counters 1, 2 -> 0x80, 0x40 are taken: the next free one is counter 3 (0xC0)
     allocated = next_key_id(0, {0x80, 0x40})
-    assert (allocated.counter, allocated.key_id, allocated.ohttp_id) == (3, "C000000000000000",
-                                                                          0xC0)
+    assert (allocated.counter, allocated.key_id, allocated.ohttp_id) == (
+        3,
+        "C000000000000000",
+        0xC0,
+    )
 
 
 def test_counter_257_collides_with_counter_1_and_is_skipped() -> None:

@@ -34,7 +34,8 @@ def test_labels_are_the_kv_ones() -> None:
 def test_well_known_test_key_pair_matches() -> None:
     private = testkeys.unsafe_test_private_key()
     assert base64.b64encode(private.public_key().public_bytes_raw()).decode() == (
-        "87ey8XZPXAd+/+ytKv2GFUWW5j9zdepSJ2G4gebDwyM=")
+        "87ey8XZPXAd+/+ytKv2GFUWW5j9zdepSJ2G4gebDwyM="
+    )
 
 
 def test_round_trip_with_the_test_key_and_key_id_64_in_the_header() -> None:
@@ -53,8 +54,9 @@ def test_request_decrypts_with_an_independent_hpke() -> None:
     private = testkeys.unsafe_test_private_key()
     encapsulated, _ = encapsulate_request(testkeys.unsafe_test_public_key(), 64, REQUEST)
     hdr = encapsulated[:7]
-    suite = pyca_hpke.Suite(pyca_hpke.KEM.X25519, pyca_hpke.KDF.HKDF_SHA256,
-                            pyca_hpke.AEAD.AES_256_GCM)  # fmt: skip
+    suite = pyca_hpke.Suite(
+        pyca_hpke.KEM.X25519, pyca_hpke.KDF.HKDF_SHA256, pyca_hpke.AEAD.AES_256_GCM
+    )
     assert suite.decrypt(encapsulated[7:], private, info=REQUEST_LABEL + b"\x00" + hdr) == REQUEST
 
 
@@ -67,7 +69,8 @@ def test_response_follows_rfc9458_section_4_4() -> None:
     hdr, enc = encapsulated[:7], encapsulated[7:39]
     suite = CipherSuite.new(KEMId.DHKEM_X25519_HKDF_SHA256, KDFId.HKDF_SHA256, AEADId.AES256_GCM)
     context = suite.create_recipient_context(
-        enc, KEMKey.from_pyca_cryptography_key(private), info=REQUEST_LABEL + b"\x00" + hdr)
+        enc, KEMKey.from_pyca_cryptography_key(private), info=REQUEST_LABEL + b"\x00" + hdr
+    )
     secret = context.export(RESPONSE_LABEL, 32)  # max(Nn=12, Nk=32)
     nonce = response[:32]
     prk = hmac.new(enc + nonce, secret, hashlib.sha256).digest()  # Extract(salt, secret)
@@ -83,7 +86,7 @@ def test_failures_are_opaque() -> None:
     other_id = bytes([65]) + encapsulated[1:]
     other_suite = encapsulated[:5] + b"\x00\x01" + encapsulated[7:]  # AES-128-GCM
     for bad in (tampered, other_id, other_suite, encapsulated[:20]):
-        with pytest.raises(OhttpError, match="^the request does not decrypt$"):
+        with pytest.raises(OhttpError, match=r"^the request does not decrypt$"):
             decapsulate_request(bad, {64: private}.get)
     with pytest.raises(OhttpError):
         decapsulate_request(encapsulated, {64: X25519PrivateKey.generate()}.get)

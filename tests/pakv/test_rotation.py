@@ -23,20 +23,26 @@ WINDOW = dt.timedelta(days=45)
 
 
 def make(store: MemoryStore, clock: Clock, **policy: object) -> KeySet:
-    return KeySet(store, os.urandom(32), kms_id="kms-a", clock=clock,
-                  policy=RotationPolicy(**policy))  # type: ignore[arg-type]  # fmt: skip
+    return KeySet(
+        store, os.urandom(32), kms_id="kms-a", clock=clock, policy=RotationPolicy(**policy)
+    )  # type: ignore[arg-type]
 
 
 def test_interval_constant_is_six_hours() -> None:
-    assert ROTATION_INTERVAL == dt.timedelta(hours=6)
+    assert dt.timedelta(hours=6) == ROTATION_INTERVAL
     assert ROTATION_INTERVAL_SECONDS == 21600
 
 
 def test_first_run_creates_five_keys_valid_eight_days(store: MemoryStore, clock: Clock) -> None:
     keys = make(store, clock)
     report = keys.run_rotation(clock.now)
-    assert report.created == ("8000000000000000", "4000000000000000", "C000000000000000",
-                              "2000000000000000", "A000000000000000")  # fmt: skip
+    assert report.created == (
+        "8000000000000000",
+        "4000000000000000",
+        "C000000000000000",
+        "2000000000000000",
+        "A000000000000000",
+    )
     active = keys.active(clock.now)
     assert len(active) == 5
     for record in active:
@@ -59,8 +65,11 @@ def test_120_days_in_6_hour_steps(store: MemoryStore, clock: Clock) -> None:
         active = keys.active(clock.now)
         assert len(active) >= 5
         # Every key a server may still hold (created within 45 days) has its own first byte.
-        window = [r for r in created.values() if now_ms - r.creation_ms <= WINDOW / dt.timedelta(
-            milliseconds=1)]  # fmt: skip
+        window = [
+            r
+            for r in created.values()
+            if now_ms - r.creation_ms <= WINDOW / dt.timedelta(milliseconds=1)
+        ]
         first_bytes = [r.ohttp_id for r in window]
         assert len(first_bytes) == len(set(first_bytes)), sorted(first_bytes)
         # Everything held is distinct too (retention keeps ids reserved).
