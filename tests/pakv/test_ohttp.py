@@ -92,3 +92,23 @@ def test_failures_are_opaque() -> None:
         decapsulate_request(encapsulated, {64: X25519PrivateKey.generate()}.get)
     with pytest.raises(OhttpError):
         client.decapsulate_response(b"\x00" * 64)
+
+
+async def test_kms_unsafe_test_key_source_serves_the_test_key(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import datetime as dt
+
+    from enclave.pakv.keyset import active_keys
+    from enclave.pakv.unsafe_test_keys import UnsafeTestKeySource
+
+    with caplog.at_level("WARNING"):
+        source = UnsafeTestKeySource("kms-test")
+        (record,) = active_keys(source, dt.datetime.now(dt.UTC))
+        material = source.material(record)
+    assert record.key_id == "4000000000000000" and record.ohttp_id == 64
+    assert base64.b64encode(record.public_key).decode() == testkeys.UNSAFE_TEST_PUBLIC_KEY_B64
+    assert X25519PrivateKey.from_private_bytes(material).public_key().public_bytes_raw() == (
+        record.public_key
+    )
+    assert sum("UNSAFE_TEST_KEYS" in r.getMessage() for r in caplog.records) >= 3
