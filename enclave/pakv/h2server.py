@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -179,3 +179,23 @@ class H2Server:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+def h2_cleanup_ctx(
+    service: PakvService,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    ssl_context: ssl.SSLContext | None = None,
+) -> Callable[[Any], AsyncIterator[None]]:
+    """An aiohttp ``cleanup_ctx`` entry that runs the HTTP/2 listener beside the app."""
+
+    async def context(_app: Any) -> AsyncIterator[None]:
+        server = H2Server(service, host=host, port=port, ssl_context=ssl_context)
+        await server.start()
+        try:
+            yield
+        finally:
+            await server.stop()
+
+    return context
