@@ -159,9 +159,7 @@ async def test_approval_for_another_proposal_is_refused(
         await gov.approve(Approval("prop_missing", for_two.public_key, for_two.signature))
 
 
-async def test_non_admin_signer_is_refused(
-    env: Env, admin_keys: list[Ed25519PrivateKey]
-) -> None:
+async def test_non_admin_signer_is_refused(env: Env, admin_keys: list[Ed25519PrivateKey]) -> None:
     gov = env.governance()
     proposal = await gov.propose(ROTATE_MASTER_KEY, PARAMS, proposer="admin:alice")
     with pytest.raises(UnknownAdmin):
@@ -175,9 +173,7 @@ async def test_non_admin_signer_is_refused(
     assert denied[0]["principal"] == "unknown-signer"
 
 
-async def test_expired_proposal_is_refused(
-    env: Env, admin_keys: list[Ed25519PrivateKey]
-) -> None:
+async def test_expired_proposal_is_refused(env: Env, admin_keys: list[Ed25519PrivateKey]) -> None:
     gov = env.governance()
     proposal = await gov.propose(
         ROTATE_MASTER_KEY, PARAMS, proposer="admin:alice", ttl=timedelta(hours=1)
@@ -354,8 +350,16 @@ def test_floats_and_secrets_do_not_fit_parameters() -> None:
     from enclave.governance.errors import InvalidProposal
 
     with pytest.raises(InvalidProposal):
-        Proposal("p", "backup.export", {"x": 1.5}, KMS_ID, MEASUREMENT,
-                 datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC), "a")  # fmt: skip
+        Proposal(
+            "p",
+            "backup.export",
+            {"x": 1.5},
+            KMS_ID,
+            MEASUREMENT,
+            datetime(2026, 1, 1, tzinfo=UTC),
+            datetime(2026, 1, 2, tzinfo=UTC),
+            "a",
+        )
 
 
 def test_approval_repr_hides_the_signature(admin_keys: list[Ed25519PrivateKey]) -> None:
