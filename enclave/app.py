@@ -1,10 +1,14 @@
 """The enclave service's aiohttp application factory.
 
 This module owns the typed application keys, the startup of the trusted resources (the
-launch measurement and evidence provider, then the TLS identity made inside the enclave),
-the request log, and the assembly of routes and middleware. It holds no module-level state:
-everything lives on the ``Application``. Routes are imported inside ``create_app`` so the
-route modules can import the keys defined here.
+launch measurement and evidence provider, then the KMS bootstrap, then the TLS identity
+made inside the enclave), the request log, and the assembly of routes and middleware. It
+holds no module-level state: everything lives on the ``Application``. Routes are imported
+inside ``create_app`` so the route modules can import the keys defined here.
+
+Handlers reach the KMS's services through ``request.app[RUNTIME]`` (an
+``enclave.runtime.KmsRuntime``: hierarchy, store, audit, identity, KEK, HSM, sealer,
+clock). It exists only once bootstrap has completed, and ``/readyz`` answers 200 only then.
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from enclave.attestation.providers import Launch
+from enclave.bootstrap import BootstrapOptions, bootstrap
 from enclave.config import EnclaveConfig
 from enclave.problems import Handler, problem_middleware
+from enclave.runtime import KmsRuntime
 from enclave.tls import TlsIdentity, create_identity
 
 log = logging.getLogger("enclave.requests")
@@ -72,6 +78,7 @@ class RequestLog:
 
 CONFIG = web.AppKey("config", EnclaveConfig)
 LAUNCH = web.AppKey("launch", Launch)
+RUNTIME = web.AppKey("runtime", KmsRuntime)
 TLS_IDENTITY = web.AppKey("tls_identity", TlsIdentity)
 SERVICE_STATE = web.AppKey("service_state", ServiceState)
 REQUEST_LOG = web.AppKey("request_log", RequestLog)
@@ -93,26 +100,32 @@ async def request_log_middleware(request: web.Request, handler: Handler) -> web.
 
 
 def _trusted_resources(
-    launch_factory: LaunchFactory,
+    launch_factory: LaunchFactory, options: BootstrapOptions | None
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def context(app: web.Application) -> AsyncIterator[None]:
         config = app[CONFIG]
         loop = asyncio.get_running_loop()
         launched = await loop.run_in_executor(None, launch_factory, config)
         app[LAUNCH] = launched
-        lifetime = datetime.timedelta(days=config.limits.tls_certificate_days)
-        app[TLS_IDENTITY] = await loop.run_in_executor(
-            None, lambda: create_identity(launched.provider, lifetime=lifetime)
-        )
-        app[SERVICE_STATE].ready = True
-        log.info(
-            "attested TLS ready: platform=%s measurement=%s certificate_sha256=%s",
-            config.platform,
-            launched.identity.measurement.hex() if launched.identity else "(hardware)",
-            app[TLS_IDENTITY].certificate_sha256.hex(),
-        )
-        yield
-        app[SERVICE_STATE].ready = False
+        runtime = await bootstrap(config, launched, options or BootstrapOptions())
+        try:
+            app[RUNTIME] = runtime
+            lifetime = datetime.timedelta(days=config.limits.tls_certificate_days)
+            app[TLS_IDENTITY] = await loop.run_in_executor(
+                None, lambda: create_identity(launched.provider, lifetime=lifetime)
+            )
+            app[SERVICE_STATE].ready = True
+            log.info(
+                "attested TLS ready: platform=%s kms_id=%s measurement=%s certificate_sha256=%s",
+                config.platform,
+                runtime.kms_id,
+                runtime.launch_identity.measurement.hex(),
+                app[TLS_IDENTITY].certificate_sha256.hex(),
+            )
+            yield
+        finally:
+            app[SERVICE_STATE].ready = False
+            await runtime.close()
 
     return context
 
@@ -122,9 +135,14 @@ async def _start_draining(app: web.Application) -> None:
 
 
 def create_app(
-    config: EnclaveConfig, *, launch_factory: LaunchFactory | None = None
+    config: EnclaveConfig,
+    *,
+    launch_factory: LaunchFactory | None = None,
+    bootstrap_options: BootstrapOptions | None = None,
 ) -> web.Application:
-    """The enclave application. ``launch_factory`` replaces the provider choice (tests)."""
+    """The enclave application. ``launch_factory`` replaces the provider choice (tests);
+    ``bootstrap_options`` the bootstrap's seams (an injected HSM backend, a counter label;
+    default: ``BootstrapOptions.from_environment()``, production's)."""
     from enclave.attestation.providers import launch
     from enclave.routes import attestation, health
 
@@ -136,7 +154,8 @@ def create_app(
     app[SERVICE_STATE] = ServiceState()
     app[REQUEST_LOG] = RequestLog()
     app[EVIDENCE_GATE] = asyncio.Semaphore(config.limits.max_pending_evidence)
-    app.cleanup_ctx.append(_trusted_resources(launch_factory or launch))
+    options = bootstrap_options or BootstrapOptions.from_environment()
+    app.cleanup_ctx.append(_trusted_resources(launch_factory or launch, options))
     app.on_shutdown.append(_start_draining)
     app.add_routes(health.routes)
     app.add_routes(attestation.routes)

@@ -118,9 +118,12 @@ class EnclaveConfig:
     """Everything the enclave service needs to start.
 
     ``state_dir`` holds what the (untrusted) host gives the enclave: the launch
-    configuration ``launch.json`` and, in simulation, the fake hardware under ``hw/``.
-    ``measure_root`` is, in simulation only, the tree the fake hardware measures at launch
-    (default: the tree this code runs from), as a real platform measures the image it boots.
+    configuration ``launch.json`` and, in simulation, the fake hardware under ``hw/`` and
+    ``sim-hw/``. ``data_dir`` is where the KMS keeps its own sealed state (HSM token,
+    sealed PIN and storage key, database, audit log; see ``enclave.server`` for the
+    layout); it defaults to ``state_dir``. ``measure_root`` is, in simulation only, the tree
+    the fake hardware measures at launch (default: the tree this code runs from), as a real
+    platform measures the image it boots.
     """
 
     platform: Platform
@@ -129,6 +132,7 @@ class EnclaveConfig:
     attestation: AttestationMode = "simulated"
     measure_root: Path | None = None
     limits: Limits = field(default_factory=Limits)
+    data_dir: Path | None = None
 
     @classmethod
     def create(
@@ -140,6 +144,7 @@ class EnclaveConfig:
         attestation: str = "simulated",
         measure_root: Path | None = None,
         limits: Limits | None = None,
+        data_dir: Path | None = None,
     ) -> EnclaveConfig:
         try:
             parsed_platform = parse_platform(platform)
@@ -158,6 +163,7 @@ class EnclaveConfig:
             attestation=mode,
             measure_root=measure_root,
             limits=limits or Limits(),
+            data_dir=Path(data_dir) if data_dir is not None else None,
         )
 
     @property
@@ -167,3 +173,8 @@ class EnclaveConfig:
     @property
     def hardware_dir(self) -> Path:
         return self.state_dir / "hw"
+
+    @property
+    def kms_dir(self) -> Path:
+        """Where the KMS's own sealed state lives (``data_dir``, else ``state_dir``)."""
+        return self.data_dir if self.data_dir is not None else self.state_dir

@@ -1,4 +1,8 @@
-"""``GET /healthz`` (the process answers) and ``GET /readyz`` (it can attest and serve)."""
+"""``GET /healthz`` (the process answers) and ``GET /readyz`` (it can attest and serve).
+
+``/readyz`` is 200 only once the bootstrap has completed (``RUNTIME`` is on the app) and
+while the audit log accepts records (the KMS fails closed without it).
+"""
 
 from __future__ import annotations
 
@@ -20,9 +24,13 @@ async def readyz(request: web.Request) -> web.Response:
     state = request.app[app_keys.SERVICE_STATE]
     if state.draining:
         raise NotReady("the service is shutting down", headers={"Retry-After": "1"})
-    if not state.ready:
+    runtime = request.app.get(app_keys.RUNTIME)
+    if not state.ready or runtime is None:
         raise NotReady("the service is starting", headers={"Retry-After": "1"})
+    if not runtime.audit.healthy:
+        raise NotReady("the audit log cannot be written", headers={"Retry-After": "5"})
     platform = request.app[app_keys.CONFIG].platform
     return web.json_response(
-        {"status": "ready", "platform": platform}, headers={"Cache-Control": "no-store"}
+        {"status": "ready", "platform": platform, "kms_id": runtime.kms_id},
+        headers={"Cache-Control": "no-store"},
     )
