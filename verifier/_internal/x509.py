@@ -8,18 +8,25 @@ Caching: a link "child was signed by issuer" is a pure function of the two certi
 bytes, so it is cached by the pair of SHA-256 fingerprints. Validity windows and revocation
 are checked on every call, because they depend on the time and the CRLs of that call, and
 a chain is only accepted when its last certificate is one of the anchors given to that call.
+
+Other caches (the platform modules' parsed certificates, keys and memoised signatures) are
+attached to the same ``ChainVerifier`` with ``ChainVerifier.attachment``: they live and die
+with its link cache and are never shared between two instances or kept in module globals.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 import hashlib
 import re
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from threading import Lock
+from typing import TypeVar, cast
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
@@ -70,6 +77,7 @@ _PEM_BLOCK = re.compile(
     rb"-----BEGIN (?P<label>[A-Z0-9 ]+)-----(?P<body>[A-Za-z0-9+/=\s]+)-----END (?P=label)-----"
 )
 MAX_CERTIFICATE_BYTES = 64 * 1024
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -231,11 +239,19 @@ class Certificate:
     # which a frozen dataclass allows.
     @functools.cached_property
     def is_ca(self) -> bool | None:
-        """True/False from basicConstraints, or None when the extension is absent."""
+        """True/False from basicConstraints, or None when the extension is absent.
+
+        Raises ``MalformedCertificate`` when the extension is not a DER SEQUENCE.
+        """
         ext = self.extension(OID_BASIC_CONSTRAINTS)
         if ext is None:
             return None
-        parts = der.read_single(ext.value).children()
+        try:
+            parts = der.read_single(ext.value).children()
+        except (der.DerError, IndexError):
+            raise MalformedCertificate(
+                f"{self.common_name!r} has a malformed basicConstraints extension"
+            ) from None
         return bool(parts) and parts[0].tag == der.TAG_BOOLEAN and parts[0].content != b"\x00"
 
     @functools.cached_property
@@ -266,15 +282,18 @@ def load_certificates(data: bytes) -> list[Certificate]:
     """Every certificate in ``data``: one DER certificate, or any number of PEM blocks."""
     blocks = [m for m in _PEM_BLOCK.finditer(data) if m.group("label") == b"CERTIFICATE"]
     if blocks:
-        import base64
-
-        return [
-            Certificate.from_der(base64.b64decode(b"".join(m.group("body").split())))
-            for m in blocks
-        ]
+        return [Certificate.from_der(_pem_body(m.group("body"), "certificate")) for m in blocks]
     if data.lstrip().startswith(b"-----BEGIN"):
         raise MalformedCertificate("PEM data holds no CERTIFICATE block")
     return load_concatenated_der(data)
+
+
+def _pem_body(body: bytes, what: str) -> bytes:
+    """The DER inside a PEM block's base64 body; corrupt base64 is a typed error."""
+    try:
+        return base64.b64decode(b"".join(body.split()))
+    except binascii.Error as exc:
+        raise MalformedCertificate(f"{what} PEM is not valid base64: {exc}") from None
 
 
 def load_concatenated_der(data: bytes) -> list[Certificate]:
@@ -313,9 +332,7 @@ class RevocationList:
         raw = data
         match = re.search(rb"-----BEGIN X509 CRL-----(.+?)-----END X509 CRL-----", data, re.S)
         if match:
-            import base64
-
-            raw = base64.b64decode(b"".join(match.group(1).split()))
+            raw = _pem_body(match.group(1), "CRL")
         try:
             outer = der.expect(der.read_single(raw), der.TAG_SEQUENCE, "CRL").children()
             tbs_el, alg_el, sig_el = outer
@@ -350,12 +367,32 @@ class ChainVerifier:
     """Verifies certificate chains to pinned anchors, caching verified signature links.
 
     One instance per trust configuration is enough; it is safe to share between threads.
+    Platform modules keep their own caches on it with ``attachment``, so everything cached
+    for a verifier lives exactly as long as this instance and is never shared with another.
     """
 
     def __init__(self, max_cached_links: int = 4096) -> None:
         self._links: OrderedDict[tuple[bytes, bytes], None] = OrderedDict()
         self._max = max_cached_links
         self._lock = Lock()
+        self._attachments: dict[str, object] = {}
+
+    def attachment(self, key: str, factory: Callable[[], T]) -> T:
+        """The object attached to this instance under ``key``, made by ``factory`` on first use.
+
+        It is created once, under the instance lock (so ``factory`` must be a plain
+        constructor that does not call back into this ``ChainVerifier``), and then returned
+        on every call with that key. One key belongs to one factory: callers use a key of
+        their own (the platform name) and always pass the same factory with it.
+        """
+        try:
+            return cast(T, self._attachments[key])  # a dict read is atomic: no lock here
+        except KeyError:
+            pass
+        with self._lock:
+            if key not in self._attachments:
+                self._attachments[key] = factory()
+            return cast(T, self._attachments[key])
 
     def check_signed_by(self, child: Certificate, issuer: Certificate) -> None:
         key = (child.fingerprint, issuer.fingerprint)

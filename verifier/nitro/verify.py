@@ -38,9 +38,6 @@ from verifier.errors import (
 from verifier.nitro.abi import ES384_SIGNATURE_BYTES, NitroDocument, OptionalField
 from verifier.roots import PlatformRoots
 
-CACHE_ATTRIBUTE = "nitro_certificate_cache"
-"""Name of the attribute under which a ``ChainVerifier`` carries its ``CertificateCache``."""
-
 _ES384 = ec.ECDSA(hashes.SHA384())
 _P384_COORDINATE_BYTES = ES384_SIGNATURE_BYTES // 2
 
@@ -111,11 +108,7 @@ class CertificateCache:
 
 def certificate_cache(chains: ChainVerifier) -> CertificateCache:
     """The ``CertificateCache`` attached to ``chains``, created on first use."""
-    cache = getattr(chains, CACHE_ATTRIBUTE, None)
-    if not isinstance(cache, CertificateCache):
-        cache = CertificateCache()
-        setattr(chains, CACHE_ATTRIBUTE, cache)
-    return cache
+    return chains.attachment("nitro", CertificateCache)
 
 
 def verify(

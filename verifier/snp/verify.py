@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from threading import Lock
-from typing import Generic, Literal, TypeVar
+from typing import Literal
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -33,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from verifier._internal import der
+from verifier._internal.memo import Memo
 from verifier._internal.x509 import (
     Certificate,
     ChainVerifier,
@@ -88,29 +87,6 @@ MAX_COLLATERAL_BLOB_BYTES = 1024 * 1024  # AMD's CRLs are a few KiB
 
 KeyKind = Literal["vcek", "vlek"]
 _ECDSA_SHA384 = ec.ECDSA(hashes.SHA384())  # immutable algorithm descriptor, not state
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-class _Lru(Generic[K, V]):
-    """A small thread-safe LRU map with a fixed bound."""
-
-    def __init__(self, max_entries: int) -> None:
-        self._items: OrderedDict[K, V] = OrderedDict()
-        self._max = max_entries
-        self._lock = Lock()
-
-    def get_or_make(self, key: K, make: Callable[[], V]) -> V:
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-        value = make()  # outside the lock: parsing must not serialise other threads
-        with self._lock:
-            self._items[key] = value
-            if len(self._items) > self._max:
-                self._items.popitem(last=False)
-        return value
 
 
 @dataclass(frozen=True)
@@ -186,26 +162,28 @@ class SnpCache:
     def __init__(self, max_entries: int = 256) -> None:
         # Small files (a VCEK, a VCEK+ASK+ARK bundle) are keyed by their bytes: hashing them
         # with SHA-256 would cost more than the rest of the lookup. Larger ones by digest.
-        self._small_cert_files: _Lru[bytes, tuple[tuple[Certificate, bool], ...]] = _Lru(
+        self._small_cert_files: Memo[bytes, tuple[tuple[Certificate, bool], ...]] = Memo(
             max_entries
         )
-        self._cert_files: _Lru[bytes, tuple[tuple[Certificate, bool], ...]] = _Lru(max_entries)
-        self._keys: _Lru[bytes, EndorsementKey] = _Lru(max_entries)
-        self._crls: _Lru[bytes, RevocationList] = _Lru(max_entries)
-        self._paths: _Lru[tuple[bytes, ...], tuple[Certificate, ...]] = _Lru(max_entries)
+        self._cert_files: Memo[bytes, tuple[tuple[Certificate, bool], ...]] = Memo(max_entries)
+        self._keys: Memo[bytes, EndorsementKey] = Memo(max_entries)
+        self._crls: Memo[bytes, RevocationList] = Memo(max_entries)
+        self._paths: Memo[tuple[bytes, ...], tuple[Certificate, ...]] = Memo(max_entries)
 
     def certificates(self, blob: bytes) -> tuple[tuple[Certificate, bool], ...]:
         """The certificates in ``blob``, each with whether it can be an end-entity (leaf)."""
         if len(blob) <= SMALL_CERT_BLOB_BYTES:
-            return self._small_cert_files.get_or_make(bytes(blob), lambda: _load_certificates(blob))
+            return self._small_cert_files.get_or_compute(
+                bytes(blob), lambda: _load_certificates(blob)
+            )
         if len(blob) > MAX_CERT_BLOB_BYTES:
             raise MalformedCertificate(f"certificate file is larger than {MAX_CERT_BLOB_BYTES}")
-        return self._cert_files.get_or_make(
+        return self._cert_files.get_or_compute(
             hashlib.sha256(blob).digest(), lambda: _load_certificates(blob)
         )
 
     def endorsement_key(self, cert: Certificate) -> EndorsementKey:
-        return self._keys.get_or_make(
+        return self._keys.get_or_compute(
             cert.fingerprint, lambda: EndorsementKey.from_certificate(cert)
         )
 
@@ -235,7 +213,7 @@ class SnpCache:
             b"|",
             *(c.fingerprint for c in anchors),
         )
-        path = self._paths.get_or_make(
+        path = self._paths.get_or_compute(
             key, lambda: tuple(chains.verify_chain(leaf, intermediates, anchors, at, crls))
         )
         for cert in path:
@@ -245,27 +223,16 @@ class SnpCache:
     def crl(self, blob: bytes) -> RevocationList:
         if len(blob) > MAX_COLLATERAL_BLOB_BYTES:
             raise MalformedCertificate(f"CRL is larger than {MAX_COLLATERAL_BLOB_BYTES} bytes")
-        return self._crls.get_or_make(hashlib.sha256(blob).digest(), lambda: _load_crl(blob))
-
-
-_CACHE_ATTRIBUTE = "_snp_cache"
+        return self._crls.get_or_compute(hashlib.sha256(blob).digest(), lambda: _load_crl(blob))
 
 
 def cache_for(chains: ChainVerifier) -> SnpCache:
-    """The ``SnpCache`` owned by ``chains`` (made on first use; no module-level state).
+    """The ``SnpCache`` attached to ``chains`` (made on first use; no module-level state).
 
     The cache lives and dies with the ``ChainVerifier`` the caller already shares between
     calls, which is the same lifetime and trust configuration as its link cache.
     """
-    try:
-        slots = vars(chains)
-    except TypeError:  # a ChainVerifier without __dict__: correct, just uncached
-        return SnpCache(max_entries=8)
-    cache = slots.get(_CACHE_ATTRIBUTE)
-    if not isinstance(cache, SnpCache):
-        cache = slots.setdefault(_CACHE_ATTRIBUTE, SnpCache())
-    assert isinstance(cache, SnpCache)
-    return cache
+    return chains.attachment("sev-snp", SnpCache)
 
 
 def _load_certificates(blob: bytes) -> tuple[tuple[Certificate, bool], ...]:

@@ -27,9 +27,9 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
+from verifier._internal.memo import Memo
 from verifier._internal.x509 import Certificate, RevocationList, load_certificates
 from verifier.errors import CollateralError, MalformedCertificate
-from verifier.tdx._memo import Memo
 
 MAX_COLLATERAL_BYTES = 1 << 20
 MAX_COLLATERAL_ITEMS = 32
@@ -314,19 +314,15 @@ def _dcap_qvl(doc: Mapping[str, Any]) -> Collateral:
 def _crl(data: bytes) -> RevocationList:
     try:
         return RevocationList.from_bytes(data)
-    except MalformedCertificate as exc:
+    except MalformedCertificate as exc:  # corrupt PEM base64 included
         raise CollateralError(f"CRL is malformed: {exc.detail}") from None
-    except ValueError:  # corrupt PEM base64 (binascii.Error) from the shared parser
-        raise CollateralError("CRL PEM is not valid base64") from None
 
 
 def _certs(data: bytes) -> list[Certificate]:
     try:
         return load_certificates(data)
-    except MalformedCertificate as exc:
+    except MalformedCertificate as exc:  # corrupt PEM base64 included
         raise CollateralError(f"issuer chain is malformed: {exc.detail}") from None
-    except ValueError:  # corrupt PEM base64 (binascii.Error) from the shared loader
-        raise CollateralError("issuer chain PEM is not valid base64") from None
 
 
 def _top_level_spans(text: str) -> dict[str, tuple[int, int]]:

@@ -8,10 +8,12 @@ those of the Intel DCAP Quote Verification Library specification (QVL, "4.1.2.4.
 quote format appendix of the Intel TDX DCAP Quote Generation/Verification Library
 ("Quote Format A.3.x") and the Intel PCS API ("PCS v4").
 
-Caching (see ``_memo``): parsed PCK chains, public keys, the QE report signature and the
-collateral signatures are memoised by SHA-256 of every input byte that decides them. The
-per-quote attestation-key signature, the chain's anchor, validity at ``at``, CRLs and the
-collateral windows are checked on every call.
+Caching (see ``verifier._internal.memo``): parsed PCK chains, public keys, the QE report
+signature and the collateral signatures are memoised by SHA-256 of every input byte that
+decides them, in a ``_Memos`` attached to the caller's ``ChainVerifier`` (never in module
+state) and handed explicitly to every helper that reads or writes a memo. The per-quote
+attestation-key signature, the chain's anchor, validity at ``at``, CRLs and the collateral
+windows are checked on every call.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from verifier._internal.memo import Memo
 from verifier._internal.x509 import (
     Certificate,
     ChainVerifier,
@@ -48,7 +51,6 @@ from verifier.errors import (
 )
 from verifier.roots import PlatformRoots
 from verifier.tdx import tcb
-from verifier.tdx._memo import Memo
 from verifier.tdx.abi import BODY_TYPE_TDX15, Quote
 from verifier.tdx.collateral import Collateral, SignedBody, TcbInfo
 from verifier.tdx.pck import PCK_CN_PHRASE, PckExtensions
@@ -69,7 +71,10 @@ class PckChain:
 
 
 class _Memos:
-    """The memo tables of this module (pure results only; see ``verifier.tdx._memo``)."""
+    """The memo tables of this module (pure results only; see ``verifier._internal.memo``).
+
+    One instance per ``ChainVerifier`` (``chains.attachment("tdx", _Memos)``).
+    """
 
     def __init__(self) -> None:
         self.pck_chains: Memo[bytes, PckChain] = Memo(256)
@@ -80,7 +85,6 @@ class _Memos:
         self.collateral_items: Memo[bytes, Collateral] = Memo(256)
 
 
-_MEMOS = _Memos()
 _NO_COLLATERAL = Collateral()
 
 
@@ -96,10 +100,11 @@ def verify(
 ) -> Claims:
     """Verify a TDX quote v4/v5 at ``at``; return its claims or raise a VerificationError."""
     quote = Quote.from_bytes(raw)
-    pck = _pck_chain(quote.pck_chain)
-    extra = _extra_certificates(certs)
+    memos = chains.attachment("tdx", _Memos)
+    pck = _pck_chain(quote.pck_chain, memos)
+    extra = _extra_certificates(certs, memos)
     endorsements = (
-        Collateral.from_items(collateral, _MEMOS.collateral_items) if collateral else _NO_COLLATERAL
+        Collateral.from_items(collateral, memos.collateral_items) if collateral else _NO_COLLATERAL
     )
     crls = endorsements.crls
     for crl in crls:
@@ -117,7 +122,7 @@ def verify(
         quote.qe_report_signature,
         quote.qe_report.raw,
         "QE report signature by the PCK key",
-        memoise=True,
+        memo=memos.verified_signatures,
     )
     # QVL 4.1.2.4.13: QE REPORTDATA = SHA-256(attestation key || QE auth data) || 32 zeros.
     binding = hashlib.sha256(quote.attestation_key + quote.qe_auth_data).digest()
@@ -127,12 +132,12 @@ def verify(
     # QVL 4.1.2.4.16 / Quote Format A.3.8: the attestation key signs header (+ v5 body
     # descriptor) + TD report body.
     _verify_ecdsa(
-        _attestation_key(quote.attestation_key),
+        _attestation_key(quote.attestation_key, memos),
         quote.attestation_key,
         quote.signature,
         quote.signed_data,
         "quote signature by the attestation key",
-        memoise=False,
+        memo=None,  # a fresh signature per quote: memoising it would only evict the rest
     )
 
     details = _details(quote, pck)
@@ -141,7 +146,13 @@ def verify(
     if endorsements.tcb_info is not None or endorsements.qe_identity is not None:
         details.update(
             _appraise_tcb(
-                quote, pck=pck, endorsements=endorsements, roots=roots, at=at, chains=chains
+                quote,
+                pck=pck,
+                endorsements=endorsements,
+                roots=roots,
+                at=at,
+                chains=chains,
+                memos=memos,
             )
         )
     report = quote.report
@@ -163,6 +174,7 @@ def _appraise_tcb(
     roots: PlatformRoots,
     at: datetime,
     chains: ChainVerifier,
+    memos: _Memos,
 ) -> dict[str, JsonValue]:
     out: dict[str, JsonValue] = {}
     qe_verdict: tcb.QeVerdict | None = None
@@ -175,6 +187,7 @@ def _appraise_tcb(
             roots=roots,
             at=at,
             chains=chains,
+            memos=memos,
         )
         _check_window(identity.issue_date, identity.next_update, at, "QE Identity")
         qe_verdict = tcb.qe_verdict(identity, quote.qe_report)
@@ -184,7 +197,13 @@ def _appraise_tcb(
     if info is None:
         return out
     _check_signed_document(
-        info.signed, "TCB Info", endorsements=endorsements, roots=roots, at=at, chains=chains
+        info.signed,
+        "TCB Info",
+        endorsements=endorsements,
+        roots=roots,
+        at=at,
+        chains=chains,
+        memos=memos,
     )
     _check_window(info.issue_date, info.next_update, at, "TCB Info")
     _check_applies(info, pck.extensions)
@@ -247,6 +266,7 @@ def _check_signed_document(
     roots: PlatformRoots,
     at: datetime,
     chains: ChainVerifier,
+    memos: _Memos,
 ) -> Certificate:
     """PCS v4 / QVL TCBSigningChain: the document is signed by the Intel SGX TCB Signing key,
     whose certificate (from the roots or the collateral's issuer chain) is issued by the
@@ -267,9 +287,16 @@ def _check_signed_document(
         anchor = next((a for a in roots.anchors if a.subject == cert.issuer), None)
         if anchor is None:
             continue
-        key = _certificate_key(cert)
+        key = _certificate_key(cert, memos)
         try:
-            _verify_ecdsa(key, cert.fingerprint, signed.signature, signed.body, what, memoise=True)
+            _verify_ecdsa(
+                key,
+                cert.fingerprint,
+                signed.signature,
+                signed.body,
+                what,
+                memo=memos.verified_signatures,
+            )
         except BadSignature:
             continue
         try:
@@ -286,7 +313,7 @@ def _check_signed_document(
         for crl in endorsements.crls:
             if crl.issuer != anchor.subject:
                 continue
-            _check_crl_signature(crl, anchor)
+            _check_crl_signature(crl, anchor, memos)
             if cert.serial in crl.revoked_serials:
                 raise Revoked(f"{what} signing certificate {cert.common_name!r} is revoked")
         return cert
@@ -295,15 +322,15 @@ def _check_signed_document(
     )
 
 
-def _check_crl_signature(crl: RevocationList, issuer: Certificate) -> None:
+def _check_crl_signature(crl: RevocationList, issuer: Certificate, memos: _Memos) -> None:
     key = hashlib.sha256(b"crl" + issuer.fingerprint + crl.der).digest()
-    if key in _MEMOS.verified_signatures:
+    if key in memos.verified_signatures:
         return
     try:
         verify_signature(issuer.public_key(), crl.signature_algorithm, crl.signature, crl.tbs)
     except InvalidSignature:
         raise CollateralError(f"CRL from {issuer.common_name!r} has a bad signature") from None
-    _MEMOS.verified_signatures.add(key, True)
+    memos.verified_signatures.add(key, True)
 
 
 def _verify_ecdsa(
@@ -313,13 +340,17 @@ def _verify_ecdsa(
     data: bytes,
     what: str,
     *,
-    memoise: bool,
+    memo: Memo[bytes, bool] | None,
 ) -> None:
-    """ECDSA P-256/SHA-256 with a raw 64-byte r||s signature (Quote Format A.3.8)."""
+    """ECDSA P-256/SHA-256 with a raw 64-byte r||s signature (Quote Format A.3.8).
+
+    With ``memo``, a signature that verified once is not verified again (keyed by SHA-256
+    of key id, signature and data); with ``None`` it is verified on every call.
+    """
     memo_key = b""
-    if memoise:
+    if memo is not None:
         memo_key = hashlib.sha256(b"%d:" % len(key_id) + key_id + signature + data).digest()
-        if memo_key in _MEMOS.verified_signatures:
+        if memo_key in memo:
             return
     r = int.from_bytes(signature[:32], "big")
     s = int.from_bytes(signature[32:64], "big")
@@ -327,46 +358,44 @@ def _verify_ecdsa(
         key.verify(encode_dss_signature(r, s), data, _ECDSA_SHA256)
     except InvalidSignature:
         raise BadSignature(f"{what} does not verify") from None
-    if memoise:
-        _MEMOS.verified_signatures.add(memo_key, True)
+    if memo is not None:
+        memo.add(memo_key, True)
 
 
-def _attestation_key(raw: bytes) -> ec.EllipticCurvePublicKey:
+def _attestation_key(raw: bytes, memos: _Memos) -> ec.EllipticCurvePublicKey:
     def load() -> ec.EllipticCurvePublicKey:
         try:
             return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), b"\x04" + raw)
         except ValueError:
             raise MalformedEvidence("attestation key is not a P-256 point") from None
 
-    return _MEMOS.attestation_keys.get_or_compute(raw, load)
+    return memos.attestation_keys.get_or_compute(raw, load)
 
 
-def _certificate_key(cert: Certificate) -> ec.EllipticCurvePublicKey:
+def _certificate_key(cert: Certificate, memos: _Memos) -> ec.EllipticCurvePublicKey:
     def load() -> ec.EllipticCurvePublicKey:
         key = cert.public_key()
         if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
             raise MalformedCertificate(f"{cert.common_name!r} does not hold a P-256 key")
         return key
 
-    return _MEMOS.cert_keys.get_or_compute(cert.fingerprint, load)
+    return memos.cert_keys.get_or_compute(cert.fingerprint, load)
 
 
-def _pck_chain(data: bytes) -> PckChain:
+def _pck_chain(data: bytes, memos: _Memos) -> PckChain:
     # Keyed by the chain bytes themselves (a few KiB): hashing them is cheaper than SHA-256,
     # and equality on a hit compares every byte.
-    return _MEMOS.pck_chains.get_or_compute(data, partial(_parse_pck_chain, data))
+    return memos.pck_chains.get_or_compute(data, partial(_parse_pck_chain, data, memos))
 
 
-def _parse_pck_chain(data: bytes) -> PckChain:
+def _parse_pck_chain(data: bytes, memos: _Memos) -> PckChain:
     # Quote Format A.3.9 type 5: "PCK Leaf Cert || Intermediate CA Cert || Root CA Cert",
     # PEM, often NUL-terminated; Intel's synthetic sample stores DER, root first, so the
     # leaf is found by its SGX extension rather than by position.
     try:
         certs = load_certificates(data.rstrip(b"\x00"))
-    except MalformedCertificate as exc:
+    except MalformedCertificate as exc:  # corrupt PEM base64 included
         raise MalformedCertificate(f"PCK certificate chain: {exc.detail}") from None
-    except ValueError:  # corrupt PEM base64 (binascii.Error) from the shared loader
-        raise MalformedCertificate("PCK certificate chain: PEM is not valid base64") from None
     _check_basic_constraints(certs)
     leaves = [
         c for c in certs if c.extension("1.2.840.113741.1.13.1") is not None and c.is_ca is not True
@@ -383,17 +412,17 @@ def _parse_pck_chain(data: bytes) -> PckChain:
     return PckChain(
         leaf=leaf,
         others=tuple(c for c in certs if c is not leaf),
-        leaf_key=_certificate_key(leaf),
+        leaf_key=_certificate_key(leaf, memos),
         leaf_key_id=leaf.fingerprint,
         extensions=extensions,
     )
 
 
-def _extra_certificates(certs: Sequence[bytes]) -> tuple[Certificate, ...]:
+def _extra_certificates(certs: Sequence[bytes], memos: _Memos) -> tuple[Certificate, ...]:
     out: list[Certificate] = []
     for blob in certs:
         out.extend(
-            _MEMOS.extra_certs.get_or_compute(
+            memos.extra_certs.get_or_compute(
                 hashlib.sha256(blob).digest(), partial(_load_extra, blob)
             )
         )
@@ -401,24 +430,17 @@ def _extra_certificates(certs: Sequence[bytes]) -> tuple[Certificate, ...]:
 
 
 def _load_extra(blob: bytes) -> tuple[Certificate, ...]:
-    try:
-        certs = load_certificates(blob)
-    except ValueError:  # corrupt PEM base64 (binascii.Error) from the shared loader
-        raise MalformedCertificate("certificate PEM is not valid base64") from None
+    certs = load_certificates(blob)  # MalformedCertificate, corrupt PEM base64 included
     _check_basic_constraints(certs)
     return tuple(certs)
 
 
 def _check_basic_constraints(certs: Sequence[Certificate]) -> None:
-    """Decode basicConstraints once, here, so that a malformed one is a typed error and not
-    a DerError raised later from inside the chain walk (``Certificate.is_ca``)."""
+    """Decode basicConstraints once, here, so that a malformed one is reported while the
+    certificates are loaded (``Certificate.is_ca`` raises ``MalformedCertificate``), not
+    later from inside the chain walk."""
     for cert in certs:
-        try:
-            _ = cert.is_ca
-        except ValueError:
-            raise MalformedCertificate(
-                f"{cert.common_name!r} has a malformed basicConstraints extension"
-            ) from None
+        _ = cert.is_ca
 
 
 def _details(quote: Quote, pck: PckChain) -> dict[str, JsonValue]:

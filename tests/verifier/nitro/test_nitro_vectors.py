@@ -293,11 +293,11 @@ def test_separate_certificates_are_refused(verifier: Verifier) -> None:
 
 
 def test_chain_is_cached_on_the_chain_verifier() -> None:
-    from verifier.nitro.verify import CACHE_ATTRIBUTE, CertificateCache
+    from verifier.nitro.verify import CertificateCache, certificate_cache
 
     fresh = Verifier(TrustRoots.production())
     fresh.verify("nitro", BETA.raw(), at=BETA.at)
-    cache = getattr(fresh.chains, CACHE_ATTRIBUTE)
+    cache = certificate_cache(fresh.chains)
     assert isinstance(cache, CertificateCache)
     assert len(cache) == 5  # leaf + four cabundle certificates, parsed once
     fresh.verify("nitro", BETA.raw(), at=BETA.at)

@@ -6,6 +6,11 @@ the same bytes always gives the same answer. Memoising those pure results, keyed
 SHA-256 digest of every input byte that decides them, changes the cost of a verdict and
 never the verdict: times, anchors, CRLs and validity windows are still checked on every
 call. Only successes are memoised; failures are recomputed (and raised) every time.
+
+Where memos live: never in a module global. A verifier module keeps its memo tables in one
+object attached to the caller's ``ChainVerifier`` (``ChainVerifier.attachment``), so they
+share the lifetime and trust configuration of its verified-link cache, and two verifiers
+share nothing.
 """
 
 from __future__ import annotations
