@@ -1,9 +1,32 @@
-"""``kms-enclave serve``: run the enclave service on a unix socket, vsock or TCP.
+"""``kms-enclave serve``: bootstrap the KMS, then serve it on a unix socket, vsock or TCP.
 
-This module owns the process edge: argument parsing, logging set-up, binding the listen
-socket, serving TLS with the in-enclave key, and a clean stop on SIGTERM/SIGINT (the unix
-socket is removed). Once serving it prints one line, ``serving <address> <sha256 of the
-TLS certificate>``, on stdout for the launcher. It never writes the TLS key anywhere.
+This module owns the process edge: argument parsing, logging set-up, running the bootstrap
+(``enclave.bootstrap``, inside the app's start-up), binding the listen socket, serving TLS
+with the in-enclave key, and a clean stop on SIGTERM/SIGINT (audit log flushed, store and
+HSM closed, the unix socket removed). Once serving it prints one line, ``serving <address>
+<sha256 of the TLS certificate>``, on stdout for the launcher; a start that fails (the
+state cannot be unsealed by this launch, the database was rolled back, ...) prints
+``kms-enclave: cannot start: <why>`` on stderr and exits 3. It never writes the TLS key
+anywhere.
+
+State directory layout (``--state DIR``; ``--data DIR`` moves the KMS's own files, marked
+*, elsewhere). Everything here is on the untrusted host's disk: what is secret is sealed
+to the launch (platform, measurement, launch-configuration hash) or encrypted under keys
+that are, and what must not roll back is bound to the HSM's monotonic counter::
+
+    launch.json             launch configuration (admins, quorum, policy), from the host;
+                            attested (SNP HOST_DATA / TDX MRCONFIGID / Nitro PCR16)
+    hw/, sim-hw/            simulation only: the fake hardware (vendor keys, chip secret)
+    hsm/softhsm2.conf    *  SoftHSM2 configuration (no secrets)
+    hsm/tokens/          *  the SoftHSM2 token: master key (AES-256, non-extractable) and
+                            the monotonic counter, encrypted by SoftHSM under the user PIN
+    hsm/pin.sealed       *  the token's user PIN, sealed (random, made on first boot)
+    hsm/so-pin.sealed    *  the token's SO PIN, sealed
+    storage.key.sealed   *  the 32-byte storage key, sealed
+    kms.db               *  SQLite store (WAL): AEAD records, head MAC'd and bound to the
+                            HSM counter; keks/, keys/, system/, system_keys/, kms_config/ ...
+    audit/audit.log      *  hash-chained audit records, checkpoints signed by the audit key
+    quorum-shares/       *  TDX/Nitro hardware only: custodians' decrypted seal-key shares
 """
 
 from __future__ import annotations
@@ -24,7 +47,11 @@ from aiohttp import web
 
 from enclave.app import TLS_IDENTITY, create_app
 from enclave.attestation.providers import ProviderError
+from enclave.bootstrap import BootstrapError
 from enclave.config import ConfigError, EnclaveConfig, ListenAddress
+from enclave.hsm.errors import HsmError
+from enclave.sealing.errors import SealingError
+from enclave.storage.errors import StorageError
 
 log = logging.getLogger("enclave.server")
 
@@ -119,7 +146,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kms-enclave", description="The Enclave KMS service.")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("serve", help="serve attested TLS")
-    run.add_argument("--state", type=Path, required=True, help="state directory (launch.json, hw/)")
+    run.add_argument(
+        "--state",
+        type=Path,
+        required=True,
+        help="state directory (launch.json, hw/, and the KMS's sealed state)",
+    )
+    run.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="where the KMS keeps its own state (default: --state)",
+    )
     run.add_argument("--listen", required=True, help="unix:PATH, vsock:CID:PORT or tcp:HOST:PORT")
     run.add_argument("--platform", required=True, choices=("sev-snp", "tdx", "nitro"))
     run.add_argument("--attestation", default="simulated", choices=("simulated", "hardware"))
@@ -141,14 +179,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = EnclaveConfig.create(
             platform=args.platform, state_dir=args.state, listen=args.listen,
-            attestation=args.attestation, measure_root=args.measure_root,
+            attestation=args.attestation, measure_root=args.measure_root, data_dir=args.data,
         )  # fmt: skip
     except ConfigError as exc:
         print(f"kms-enclave: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
         asyncio.run(serve(config))
-    except (ProviderError, ConfigError, OSError) as exc:
+    except (
+        BootstrapError, ProviderError, ConfigError, HsmError, SealingError, StorageError, OSError,
+    ) as exc:  # fmt: skip
+        log.error("cannot start: %s", exc)
         print(f"kms-enclave: cannot start: {exc}", file=sys.stderr)
         return EXIT_START_FAILED
     return 0
