@@ -40,15 +40,16 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from enclave.governance.approvals import Approval, check_approval
+from enclave.governance.approvals import Approval, approval_digest, check_approval
 from enclave.governance.errors import (
     ApprovalRefused,
     ExecutionFailed,
+    GovernanceConfigError,
     GovernanceStateError,
     InvalidProposal,
     ProposalClosed,
@@ -280,6 +281,10 @@ class Governance:
         self._clock = clock
         self.settings = settings or GovernanceSettings()
         self._lock = asyncio.Lock()
+        self.launch_config = config
+        # Quorum changes approved earlier (by the quorum then in force) apply on top of the
+        # attested launch quorum; a change made from another base quorum does not.
+        self.config = effective_quorum(config, self.list(), kms_identity)
 
     # -- proposals ---------------------------------------------------------------------
     async def propose(
@@ -293,8 +298,10 @@ class Governance:
         """Create a proposal for a registered operation; it expires after ``ttl``."""
         ttl = self.settings.default_ttl if ttl is None else ttl
         try:
-            if operation not in self._executors:
+            if operation != CHANGE_QUORUM and operation not in self._executors:
                 raise UnknownOperation(f"no executor is registered for {operation!r}")
+            if operation == CHANGE_QUORUM:
+                parameters = self._quorum_change_parameters(parameters)
             if not timedelta(0) < ttl <= self.settings.max_ttl:
                 raise InvalidProposal(f"a proposal lives at most {self.settings.max_ttl}")
             now = self._now()
@@ -349,7 +356,7 @@ class Governance:
             return ApprovalResult(
                 state.proposal.id,
                 admin.name,
-                len(state.approvals),
+                self._counted(state.approvals),
                 self.config.threshold,
                 state.status,
             )
@@ -377,7 +384,10 @@ class Governance:
                 raise
             accepted = AcceptedApproval(admin.name, admin.public_key, approval.signature, now)
             approvals = (*state.approvals, accepted)
-            reaching = len(approvals) >= self.config.threshold
+            # Only approvals by admins of the quorum now in force count (after a quorum
+            # change, a removed admin's earlier approval no longer does).
+            counted = self._counted(approvals)
+            reaching = counted >= self.config.threshold
             new_state = replace(
                 state, approvals=approvals, status="executing" if reaching else "pending"
             )
@@ -390,7 +400,7 @@ class Governance:
             new_state = replace(new_state, version=version)
             details = {
                 **_describe(state.proposal),
-                "approvals": len(approvals),
+                "approvals": counted,
                 "threshold": self.config.threshold,
             }
             try:
@@ -424,8 +434,11 @@ class Governance:
         proposal = state.proposal
         details = _describe(proposal)
         try:
-            executor = self._executors.get(proposal.operation)
-            raw_result = await executor(proposal)
+            raw_result: Mapping[str, Any] | None
+            if proposal.operation == CHANGE_QUORUM and CHANGE_QUORUM not in self._executors:
+                raw_result = self._change_quorum(proposal)
+            else:
+                raw_result = await self._executors.get(proposal.operation)(proposal)
         except asyncio.CancelledError:
             self._finish(state, "failed", None, "cancelled")
             await self._record(
@@ -440,6 +453,7 @@ class Governance:
                 f"operation {proposal.operation} of proposal {proposal.id} failed ({error})"
             ) from None
         result = _json_result(raw_result)
+        counted, threshold = self._counted(state.approvals), self.config.threshold
         self._finish(state, "executed", result, None)
         await self._record(
             "kms",
@@ -447,9 +461,7 @@ class Governance:
             "allowed",
             {**details, "approvers": [a.admin for a in state.approvals]},
         )
-        return ApprovalResult(
-            proposal.id, admin.name, len(state.approvals), self.config.threshold, "executed", result
-        )
+        return ApprovalResult(proposal.id, admin.name, counted, threshold, "executed", result)
 
     def _finish(
         self,
@@ -470,7 +482,37 @@ class Governance:
             STORE_KIND, state.proposal.id, final.to_bytes(), expected_version=state.version
         )
 
+    # -- quorum changes ------------------------------------------------------------------
+    def _quorum_change_parameters(self, parameters: Mapping[str, Any]) -> Mapping[str, Any]:
+        """``{"threshold", "admins", "from"}``; ``from`` (the digest of the quorum being
+        replaced) is filled in when absent and must name the quorum now in force."""
+        if not isinstance(parameters, Mapping):
+            raise InvalidProposal("quorum.change parameters are an object")
+        unknown = set(parameters) - {"threshold", "admins", "from"}
+        if unknown:
+            raise InvalidProposal(f"unknown quorum.change field(s): {', '.join(sorted(unknown))}")
+        current = self.config.config_digest()
+        base = parameters.get("from", current)
+        if base != current:
+            raise InvalidProposal("quorum.change names another quorum than the one in force")
+        _new_quorum(parameters)
+        return {**parameters, "from": current}
+
+    def _change_quorum(self, proposal: Proposal) -> Mapping[str, Any]:
+        if proposal.parameters.get("from") != self.config.config_digest():
+            raise InvalidProposal("the quorum changed since this proposal was made")
+        new = _new_quorum(proposal.parameters)
+        self.config = new
+        return {
+            "quorum": new.config_digest(),
+            "threshold": new.threshold,
+            "admins": [a.name for a in new.admins],
+        }
+
     # -- helpers -------------------------------------------------------------------------
+    def _counted(self, approvals: Iterable[AcceptedApproval]) -> int:
+        return sum(1 for a in approvals if self.config.admin_for(a.public_key) is not None)
+
     def _now(self) -> datetime:
         now = self._clock()
         if now.tzinfo is None:
@@ -493,6 +535,49 @@ class Governance:
             outcome=outcome,
             details={"kms_id": self.kms_identity, **details},
         )
+
+
+def _new_quorum(parameters: Mapping[str, Any]) -> QuorumConfig:
+    body = {k: thaw(v) for k, v in parameters.items() if k != "from"}
+    try:
+        return QuorumConfig.from_launch_config({"quorum": body})
+    except GovernanceConfigError as exc:
+        raise InvalidProposal(f"quorum.change: {exc}") from None
+
+
+def effective_quorum(
+    launch: QuorumConfig, states: Iterable[ProposalState], kms_identity: str
+) -> QuorumConfig:
+    """The quorum in force: the attested launch quorum, then every executed
+    ``quorum.change`` of this KMS in execution order whose ``from`` names the quorum then in
+    force and whose approvals (re-verified) reach that quorum's threshold. A change from
+    another base (e.g. made before a relaunch with a new attested quorum) ends the replay."""
+    changes = sorted(
+        (
+            s
+            for s in states
+            if s.status == "executed"
+            and s.proposal.operation == CHANGE_QUORUM
+            and s.proposal.kms_identity == kms_identity
+        ),
+        key=lambda s: (s.executed_at or s.proposal.created_at, s.proposal.id),
+    )
+    config = launch
+    for state in changes:
+        if state.proposal.parameters.get("from") != config.config_digest():
+            break
+        digest = approval_digest(state.proposal)
+        signers = {
+            a.public_key
+            for a in state.approvals
+            if (admin := config.admin_for(a.public_key)) and admin.verify(a.signature, digest)
+        }
+        if len(signers) < config.threshold:
+            raise GovernanceStateError(
+                f"stored quorum change {state.proposal.id} lacks valid approvals"
+            )
+        config = _new_quorum(state.proposal.parameters)
+    return config
 
 
 def _describe(proposal: Proposal) -> dict[str, Any]:

@@ -40,6 +40,7 @@ MAX_ADMINS = 64
 MAX_LAUNCH_CONFIG_BYTES = 1024 * 1024
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 _KEY_ID_LABEL = b"enclave-kms/governance-admin-key-id/v1\x00"
+_CONFIG_DIGEST_LABEL = b"enclave-kms/governance-quorum/v1\x00"
 
 
 def admin_key_id(public_key: bytes) -> str:
@@ -167,6 +168,13 @@ class QuorumConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {"threshold": self.threshold, "admins": [a.to_dict() for a in self.admins]}
+
+    def config_digest(self) -> str:
+        """SHA-256 (hex) of the canonical JSON of ``to_dict()``, domain-separated: names
+        this exact quorum (a ``quorum.change`` proposal says which quorum it replaces)."""
+        from enclave.governance.proposals import canonical_json
+
+        return hashlib.sha256(_CONFIG_DIGEST_LABEL + canonical_json(self.to_dict())).hexdigest()
 
 
 def _load_config(config: Mapping[str, Any] | bytes | str) -> Mapping[str, Any]:

@@ -307,7 +307,7 @@ async def test_audit_failure_before_execution_fails_closed(
 async def test_unregistered_operation_cannot_be_proposed(env: Env) -> None:
     gov = env.governance()
     with pytest.raises(UnknownOperation):
-        await gov.propose("quorum.change", {}, proposer="admin:alice")
+        await gov.propose("emergency.isolate", {}, proposer="admin:alice")
     assert env.audit.of("governance.propose", "invalid")
 
 
