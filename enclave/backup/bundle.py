@@ -45,7 +45,7 @@ import hmac
 import os
 import secrets
 import struct
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -58,6 +58,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from enclave.backup.errors import (
+    BundleInvalid,
     BundleMalformed,
     InsufficientShares,
     IntegrityMismatch,
@@ -533,3 +534,51 @@ def _lp(data: bytes) -> bytes:
 
 def _reject_tag(_decoder: object, _tag: object) -> object:
     raise ValueError("CBOR tags are not allowed")
+
+
+@dataclass(frozen=True)
+class BundleCheck:
+    """One bundle's result in the scheduled verification job."""
+
+    name: str
+    ok: bool
+    backup_id: str | None = None
+    created_at: datetime | None = None
+    error: str | None = None
+
+
+async def verify_stored_bundles(
+    bundles: Iterable[tuple[str, bytes]],
+    identity_public_key: bytes | Ed25519PublicKey,
+    *,
+    audit: Callable[..., Awaitable[object]],
+    kms_identity: str | None = None,
+) -> tuple[BundleCheck, ...]:
+    """The daily job: verify every stored bundle (no key, no share needed) and audit each
+    result (``backup.verify``: allowed, or denied with the failed check's type). The
+    caller alerts on any ``ok=False`` and on a newest ``created_at`` that is too old."""
+    results: list[BundleCheck] = []
+    for name, data in bundles:
+        try:
+            manifest = verify_bundle(data, identity_public_key, kms_identity=kms_identity)
+        except BundleInvalid as exc:
+            results.append(BundleCheck(name, False, error=exc.type))
+            await audit(
+                principal="kms",
+                operation="backup.verify",
+                outcome="denied",
+                details={"bundle": name[:256], "reason": exc.type},
+            )
+            continue
+        results.append(BundleCheck(name, True, manifest.backup_id, manifest.created_at))
+        await audit(
+            principal="kms",
+            operation="backup.verify",
+            outcome="allowed",
+            details={
+                "bundle": name[:256],
+                "backup_id": manifest.backup_id,
+                "records": len(manifest.records),
+            },
+        )
+    return tuple(results)

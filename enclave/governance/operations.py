@@ -333,7 +333,7 @@ class Governance:
     def get(self, proposal_id: str) -> ProposalState:
         record = self._store.get(STORE_KIND, proposal_id) if _id_ok(proposal_id) else None
         if record is None:
-            raise UnknownProposal(f"no proposal {proposal_id[:128]!r}")
+            raise UnknownProposal(f"no proposal {str(proposal_id)[:128]!r}")
         return ProposalState.from_bytes(record.value, record.version)
 
     def list(self) -> list[ProposalState]:

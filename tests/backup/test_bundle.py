@@ -281,3 +281,23 @@ def test_store_to_bundle_to_fresh_store(
         assert got is not None and got.value == record.value
     source.close()
     target.close()
+
+
+async def test_scheduled_verification_reports_and_audits(
+    created: CreatedBackup, identity: Identity
+) -> None:
+    from enclave.backup.bundle import verify_stored_bundles
+
+    seen: list[dict[str, object]] = []
+
+    async def audit(**kwargs: object) -> None:
+        seen.append(kwargs)
+
+    broken = bytearray(created.bundle)
+    broken[-3] ^= 0x10
+    results = await verify_stored_bundles(
+        [("good.bak", created.bundle), ("bad.bak", bytes(broken))], identity.public, audit=audit
+    )
+    assert [(r.name, r.ok) for r in results] == [("good.bak", True), ("bad.bak", False)]
+    assert results[0].backup_id == created.manifest.backup_id
+    assert [r["outcome"] for r in seen] == ["allowed", "denied"]
