@@ -266,7 +266,8 @@ class Scheduler:
         if entry.running:
             entry.skipped += 1
             return None
-        return await self._launch(entry, self._clock())
+        now = self._clock()
+        return await self._launch(entry, now, now)
 
     async def run_forever(self) -> None:
         while True:
@@ -294,26 +295,34 @@ class Scheduler:
                 entry.skipped += 1
                 log.warning("job %s still running at %s: occurrence skipped", entry.job.name, now)
                 continue
-            task = asyncio.create_task(self._launch(entry, scheduled), name=f"job-{entry.job.name}")
+            task = asyncio.create_task(
+                self._launch(entry, scheduled, now), name=f"job-{entry.job.name}"
+            )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             started.append(task)
         return started
 
-    def _launch(self, entry: _Entry, scheduled: datetime) -> Coroutine[Any, Any, JobResult]:
-        entry.running = True  # set synchronously, so no second run can start meanwhile
-        return self._run(entry, scheduled)
+    def _finished(self, started: datetime) -> datetime:
+        # run_due(now) may be given a time ahead of the clock (tests): never end before start.
+        return max(self._clock(), started)
 
-    async def _run(self, entry: _Entry, scheduled: datetime) -> JobResult:
+    def _launch(
+        self, entry: _Entry, scheduled: datetime, now: datetime
+    ) -> Coroutine[Any, Any, JobResult]:
+        entry.running = True  # set synchronously, so no second run can start meanwhile
+        return self._run(entry, scheduled, now)
+
+    async def _run(self, entry: _Entry, scheduled: datetime, started: datetime) -> JobResult:
+        """``started``: when the run was started; the job gets it as its ``now``."""
         job = entry.job
-        started = self._clock()
         try:
             if job.timeout is not None:
                 summary = await asyncio.wait_for(job.func(started), job.timeout)
             else:
                 summary = await job.func(started)
             result = JobResult(
-                job.name, scheduled, started, self._clock(), True, dict(summary or {})
+                job.name, scheduled, started, self._finished(started), True, dict(summary or {})
             )
         except asyncio.CancelledError:
             entry.running = False
@@ -324,7 +333,9 @@ class Scheduler:
                 text = f"TimeoutError: the job took longer than {job.timeout} s"
             text = text[:MAX_ERROR_TEXT]
             log.error("job %s failed: %s", job.name, text)
-            result = JobResult(job.name, scheduled, started, self._clock(), False, {}, text)
+            result = JobResult(
+                job.name, scheduled, started, self._finished(started), False, {}, text
+            )
             entry.failures += 1
             if self._on_failure is not None:
                 try:
