@@ -120,9 +120,7 @@ async def env(
     )
     audit.start()
     hierarchy = KeyHierarchy(shared_hsm.backend, clock=clock)
-    kms = KmsService(
-        hierarchy=hierarchy, store=store, audit=audit, verifier=verifier, clock=clock
-    )
+    kms = KmsService(hierarchy=hierarchy, store=store, audit=audit, verifier=verifier, clock=clock)
     await kms.start()
     admin_key = Ed25519PrivateKey.generate()
     admin = await kms.bootstrap_admin("root-admin", raw_public(admin_key))

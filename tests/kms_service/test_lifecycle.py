@@ -65,8 +65,14 @@ async def test_onboarding_verifies_identity_and_creates_owned_keys(env: Env) -> 
     assert await kms.crypto.decrypt(service, ct, CTX) == b"hello"
     # The challenge was single use; a proof by another key is refused.
     with pytest.raises(ChallengeInvalid):
-        await kms.principals.register(env.admin, name="orders", kind="service",
-                                      public_key=public, challenge=challenge, proof=proof)
+        await kms.principals.register(
+            env.admin,
+            name="orders",
+            kind="service",
+            public_key=public,
+            challenge=challenge,
+            proof=proof,
+        )
     other = Ed25519PrivateKey.generate()
     fresh = kms.principals.identity_challenge()
     with pytest.raises(IdentityProofInvalid):
@@ -279,9 +285,7 @@ async def test_release_to_an_attested_client(env: Env, snp: SimulatedSnp) -> Non
     assert info.value.reason == "report-data-mismatch" or "report" in info.value.reason
 
 
-async def test_release_refused_for_wrong_measurement_and_debug(
-    env: Env, snp: SimulatedSnp
-) -> None:
+async def test_release_refused_for_wrong_measurement_and_debug(env: Env, snp: SimulatedSnp) -> None:
     kms = env.kms
     svc, _ = await env.new_principal("owner")
     key = await kms.keys.create(env.admin, "hpke", "X25519", owner=svc.id)
