@@ -282,7 +282,7 @@ async def test_release_to_an_attested_client(env: Env, snp: SimulatedSnp) -> Non
             workload, key.key_id, platform="sev-snp", evidence=report, certs=snp.certs(),
             client_public_key=attacker, challenge=challenge,
         )  # fmt: skip
-    assert info.value.reason == "report-data-mismatch" or "report" in info.value.reason
+    assert info.value.reason == "report-data-mismatch"
 
 
 async def test_release_refused_for_wrong_measurement_and_debug(env: Env, snp: SimulatedSnp) -> None:
@@ -369,3 +369,30 @@ async def test_isolated_principal_loses_access_at_once(env: Env) -> None:
     assert await kms.crypto.decrypt(svc, ct) == b"x"
     with pytest.raises(InvalidRequest):
         await kms.principals.disable(env.admin, env.admin.id)
+
+
+async def test_workload_principal_authenticates_by_measurement(env: Env, snp: SimulatedSnp) -> None:
+    from enclave.kms.principals import workload_report_data
+
+    kms = env.kms
+    kms.principals._workload_policy = Policy(allow_simulated=True)  # a simulation deployment
+    workload = await kms.principals.register_workload(
+        env.admin, name="bidding", measurements=[MEASUREMENT]
+    )
+    challenge = kms.principals.identity_challenge()
+    report = snp.report(report_data=workload_report_data(workload.id, challenge),
+                        measurement=MEASUREMENT)  # fmt: skip
+    found = await kms.principals.authenticate_workload(
+        workload.id, platform="sev-snp", evidence=report, challenge=challenge, certs=snp.certs()
+    )
+    assert found == workload
+    challenge = kms.principals.identity_challenge()
+    report = snp.report(report_data=workload_report_data(workload.id, challenge),
+                        measurement=bytes(48))  # fmt: skip
+    with pytest.raises(ReleaseRefused):
+        await kms.principals.authenticate_workload(
+            workload.id, platform="sev-snp", evidence=report, challenge=challenge,
+            certs=snp.certs(),
+        )  # fmt: skip
+    last = env.last_audit()
+    assert (last.operation, last.outcome) == ("principals.authenticate_workload", "denied")
