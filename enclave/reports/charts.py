@@ -95,8 +95,9 @@ def line_chart(
         )
     ticks = sorted({0, n - 1, *range(0, n, max(1, n // 6))})
     for i in ticks:
+        anchor = "end" if i == n - 1 and n > 1 else "start" if i == 0 and n > 1 else "middle"
         parts.append(
-            f'<text x="{x(i):.1f}" y="{height - bottom + 14}" text-anchor="middle" {_FONT} '
+            f'<text x="{x(i):.1f}" y="{height - bottom + 14}" text-anchor="{anchor}" {_FONT} '
             f'fill="#374151">{_e(labels[i])}</text>'
         )
     for index, (name, values) in enumerate(series):

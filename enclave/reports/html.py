@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterable, Sequence
 
 from enclave.reports import charts
-from enclave.reports.model import ReportData
+from enclave.reports.model import RatePointRow, ReportData
 
 # What the page may load: nothing but its own inline styles (and data: images).
 PAGE_CSP = (
@@ -126,6 +126,28 @@ def _ok(flag: bool, yes: str = "on schedule", no: str = "overdue") -> str:
 
 def _fmt_ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
+
+
+MAX_CHART_POINTS = 120
+
+
+def _downsample(
+    points: Sequence[RatePointRow],
+) -> tuple[list[str], list[float], list[float], str]:
+    """Sum per-minute points into at most ``MAX_CHART_POINTS`` buckets; label by time of
+    day, or by date and time when the series spans more than a day."""
+    if not points:
+        return [], [], [], "min"
+    group = max(1, -(-len(points) // MAX_CHART_POINTS))
+    long_span = points[0].minute[:10] != points[-1].minute[:10]
+    labels, requests, errors = [], [], []
+    for i in range(0, len(points), group):
+        chunk = points[i : i + group]
+        stamp = chunk[0].minute
+        labels.append(f"{stamp[5:10]} {stamp[11:16]}" if long_span else stamp[11:16])
+        requests.append(float(sum(p.requests for p in chunk)))
+        errors.append(float(sum(p.errors for p in chunk)))
+    return labels, requests, errors, "min" if group == 1 else f"{group} min"
 
 
 def render_report_json(report: ReportData) -> bytes:
@@ -335,17 +357,14 @@ def render_report_html(report: ReportData) -> str:
         (r.name, r.count, r.errors, f"{r.mean_ms:.3f}", _fmt_ms(r.p95_ms))
         for r in report.performance_hsm
     )
-    rate = report.request_rate
+    rate_labels, rate_requests, rate_errors, per = _downsample(report.request_rate)
     parts.append(
         section(
             "Performance",
             charts.line_chart(
-                [p.minute[11:16] for p in rate],
-                [
-                    ("requests/min", [float(p.requests) for p in rate]),
-                    ("errors/min", [float(p.errors) for p in rate]),
-                ],
-                title="Request rate",
+                rate_labels,
+                [(f"requests/{per}", rate_requests), (f"errors/{per}", rate_errors)],
+                title=f"Request rate (requests per {per})",
             )
             + "<h3>Requests</h3>"
             + table(

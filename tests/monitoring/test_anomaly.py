@@ -9,8 +9,9 @@ import pytest
 from enclave.monitoring.anomaly import AnomalyConfig, EwmaRateDetector
 
 
-def feed_minute(det: EwmaRateDetector, principal: str, minute: int, count: int, *,
-                failed: bool = False) -> list:
+def feed_minute(
+    det: EwmaRateDetector, principal: str, minute: int, count: int, *, failed: bool = False
+) -> list:
     found = []
     for i in range(count):
         found += det.observe(principal, minute * 60 + (i * 59.0 / max(count, 1)), failed=failed)

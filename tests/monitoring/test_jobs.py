@@ -24,16 +24,33 @@ from enclave.scheduler import Scheduler
 from tests.monitoring.support import T0, Clock, make_key
 
 
-def record(seq: int, days_ago: float, principal: str, outcome: str = "allowed",
-           key_id: str | None = None, operation: str = "keys.encrypt") -> AuditRecord:
-    return AuditRecord(seq=seq, time=(T0 - timedelta(days=days_ago)).isoformat(),
-                       principal=principal, operation=operation, outcome=outcome,
-                       key_id=key_id)
+def record(
+    seq: int,
+    days_ago: float,
+    principal: str,
+    outcome: str = "allowed",
+    key_id: str | None = None,
+    operation: str = "keys.encrypt",
+) -> AuditRecord:
+    return AuditRecord(
+        seq=seq,
+        time=(T0 - timedelta(days=days_ago)).isoformat(),
+        principal=principal,
+        operation=operation,
+        outcome=outcome,
+        key_id=key_id,
+    )
 
 
 def principal(pid: str, kind: str, level: Level | None, created_days_ago: int) -> Principal:
-    return Principal(pid, pid, kind, b"\x01" * 32, level,  # type: ignore[arg-type]
-                     T0 - timedelta(days=created_days_ago))
+    return Principal(
+        pid,
+        pid,
+        kind,
+        b"\x01" * 32,
+        level,  # type: ignore[arg-type]
+        T0 - timedelta(days=created_days_ago),
+    )
 
 
 async def test_standard_jobs_audit_their_results_and_raise_findings() -> None:
@@ -49,10 +66,16 @@ async def test_standard_jobs_audit_their_results_and_raise_findings() -> None:
         record(6, 100, "prn_svc", key_id=key_old.key_id),  # older than 90 days
     ]
     grants = [
-        Grant("prn_svc", key_new.key_id, Level.USE_KEY, "prn_admin_active", T0 - timedelta(days=100)),
-        Grant("prn_svc", key_old.key_id, Level.USE_KEY, "prn_admin_active", T0 - timedelta(days=100)),
+        Grant(
+            "prn_svc", key_new.key_id, Level.USE_KEY, "prn_admin_active", T0 - timedelta(days=100)
+        ),
+        Grant(
+            "prn_svc", key_old.key_id, Level.USE_KEY, "prn_admin_active", T0 - timedelta(days=100)
+        ),
         Grant("prn_gone", "*", Level.USE_KEY, "prn_admin_active", T0 - timedelta(days=200)),
-        Grant("prn_fresh", key_old.key_id, Level.USE_KEY, "prn_admin_active", T0 - timedelta(days=5)),
+        Grant(
+            "prn_fresh", key_old.key_id, Level.USE_KEY, "prn_admin_active", T0 - timedelta(days=5)
+        ),
     ]
     principals = [
         principal("prn_admin_active", "admin", Level.SYSTEM_ADMIN, 300),
@@ -75,13 +98,11 @@ async def test_standard_jobs_audit_their_results_and_raise_findings() -> None:
     jobs = standard_jobs(
         audit=audit,
         audit_stats=lambda: AuditStats(0, 10, 9, False, 1),
-        records=lambda s, e: [
-            r for r in records if s <= datetime.fromisoformat(r.time) < e
-        ],
+        records=lambda s, e: [r for r in records if s <= datetime.fromisoformat(r.time) < e],
         keys=lambda: [key_old, key_new],
         grants=lambda: grants,
         principals=lambda: principals,
-        recent_alerts=lambda: alerts.recent(),
+        recent_alerts=alerts.recent,
         store_report=store,
         hsm_stats=hsm.snapshot,
         alerts=alerts,
@@ -101,14 +122,17 @@ async def test_standard_jobs_audit_their_results_and_raise_findings() -> None:
     policy = results["weekly-policy-compliance"].summary
     assert policy["overdue_key_ids"] == [key_old.key_id]
     assert {(g["principal"], g["key_id"]) for g in policy["unused_grants"]} == {
-        ("prn_svc", key_old.key_id), ("prn_gone", "*")
+        ("prn_svc", key_old.key_id),
+        ("prn_gone", "*"),
     }
     assert policy["inactive_admin_ids"] == ["prn_admin_idle"]
     kinds = {a.kind for a in alerts.recent()}
     assert {"health-check-degraded", "policy-compliance-findings"} <= kinds
     assert len(stored) == 1
     assert (stored[0].period_start, stored[0].period_end) == (
-        "2025-02-01T00:00:00Z", "2025-03-01T00:00:00Z")
+        "2025-02-01T00:00:00Z",
+        "2025-03-01T00:00:00Z",
+    )
     assert len(results["monthly-compliance-report"].summary["sha256"]) == 64
 
 

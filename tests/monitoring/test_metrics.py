@@ -13,14 +13,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from enclave.audit.log import AuditStats
 from enclave.hsm.stats import HsmStats
+from enclave.keys.metadata import VersionState
 from enclave.monitoring.alerts import AlertLevel, AlertManager
-from enclave.monitoring.metrics import KmsMetrics, MetricsSources
+from enclave.monitoring.metrics import KmsMetrics, MetricsSources, metrics_middleware
 from enclave.monitoring.webhook import WebhookStats
 from enclave.problems import problem_middleware
 from enclave.reports.routes import metrics_routes
-from enclave.monitoring.metrics import metrics_middleware
 from tests.monitoring.support import T0, Clock, make_key
-from enclave.keys.metadata import VersionState
 
 
 def build_app() -> tuple[web.Application, KmsMetrics, AlertManager]:
@@ -43,8 +42,9 @@ def build_app() -> tuple[web.Application, KmsMetrics, AlertManager]:
         MetricsSources(
             keys=lambda: keys,
             hsm=hsm.snapshot,
-            audit=lambda: AuditStats(queue_depth=7, written=100, last_seq=99, healthy=True,
-                                     batches=3),
+            audit=lambda: AuditStats(
+                queue_depth=7, written=100, last_seq=99, healthy=True, batches=3
+            ),
             alert_counts=alerts.counts,
             webhook=lambda: WebhookStats(0, 2, 1, 0, 3),
             now=clock,
@@ -88,11 +88,21 @@ async def test_metrics_text_parses_and_has_every_family(
     text = await response.text()
     fams = families(text)
     for name in (
-        "kms_requests", "kms_request_duration_seconds", "kms_request_errors", "kms_keys",
-        "kms_keys_compromised", "kms_rotation_overdue_keys", "kms_rotation_scheduled_keys",
-        "kms_rotation_compliance_ratio", "kms_hsm_operation_duration_seconds",
-        "kms_hsm_operation_errors", "kms_audit_queue_depth", "kms_audit_healthy",
-        "kms_audit_records_written", "kms_alerts", "kms_alert_webhook_deliveries",
+        "kms_requests",
+        "kms_request_duration_seconds",
+        "kms_request_errors",
+        "kms_keys",
+        "kms_keys_compromised",
+        "kms_rotation_overdue_keys",
+        "kms_rotation_scheduled_keys",
+        "kms_rotation_compliance_ratio",
+        "kms_hsm_operation_duration_seconds",
+        "kms_hsm_operation_errors",
+        "kms_audit_queue_depth",
+        "kms_audit_healthy",
+        "kms_audit_records_written",
+        "kms_alerts",
+        "kms_alert_webhook_deliveries",
     ):
         assert name in fams, name
 
@@ -106,30 +116,57 @@ async def test_metrics_text_parses_and_has_every_family(
     assert value("kms_requests", "kms_requests_total", route=route, status="200") == 3
     assert value("kms_requests", "kms_requests_total", route=route, status="404") == 1
     assert value("kms_requests", "kms_requests_total", route="unmatched", status="404") == 1
-    assert value("kms_request_errors", "kms_request_errors_total",
-                 route="/v1/keys/{key_id}/encrypt", **{"class": "server"}) == 1
-    assert value("kms_request_duration_seconds", "kms_request_duration_seconds_count",
-                 route=route, method="GET") == 4
+    assert (
+        value(
+            "kms_request_errors",
+            "kms_request_errors_total",
+            route="/v1/keys/{key_id}/encrypt",
+            **{"class": "server"},
+        )
+        == 1
+    )
+    assert (
+        value(
+            "kms_request_duration_seconds",
+            "kms_request_duration_seconds_count",
+            route=route,
+            method="GET",
+        )
+        == 4
+    )
     assert "key_aaaa" not in text  # raw paths never become labels
     assert value("kms_keys", "kms_keys", state="active") == 2
     assert value("kms_keys", "kms_keys", state="disabled") == 1
     assert value("kms_rotation_overdue_keys", "kms_rotation_overdue_keys") == 1
     assert value("kms_rotation_compliance_ratio", "kms_rotation_compliance_ratio") == 0.5
-    assert value("kms_hsm_operation_duration_seconds",
-                 "kms_hsm_operation_duration_seconds_count", operation="encrypt") == 3
-    assert value("kms_hsm_operation_duration_seconds",
-                 "kms_hsm_operation_duration_seconds_bucket", operation="encrypt",
-                 le="0.001") == 1
-    assert value("kms_hsm_operation_errors", "kms_hsm_operation_errors_total",
-                 operation="sign") == 1
+    assert (
+        value(
+            "kms_hsm_operation_duration_seconds",
+            "kms_hsm_operation_duration_seconds_count",
+            operation="encrypt",
+        )
+        == 3
+    )
+    assert (
+        value(
+            "kms_hsm_operation_duration_seconds",
+            "kms_hsm_operation_duration_seconds_bucket",
+            operation="encrypt",
+            le="0.001",
+        )
+        == 1
+    )
+    assert (
+        value("kms_hsm_operation_errors", "kms_hsm_operation_errors_total", operation="sign") == 1
+    )
     assert value("kms_audit_queue_depth", "kms_audit_queue_depth") == 7
     assert value("kms_alerts", "kms_alerts_total", level="critical") == 1
     assert value("kms_alerts", "kms_alerts_total", level="error") == 0
 
 
 def test_each_app_has_its_own_registry() -> None:
-    app1, m1, _ = build_app()
-    app2, m2, _ = build_app()
+    _app1, m1, _ = build_app()
+    _app2, m2, _ = build_app()
     m1.observe("GET", "/x", 200, 0.01)
     assert m1.registry is not m2.registry
     assert m2.route_stats() == []

@@ -8,6 +8,7 @@ import logging
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -22,8 +23,6 @@ from enclave.monitoring.rules import (
     default_alert_config,
 )
 from tests.monitoring.support import T0, Clock, make_key, normal_traffic
-
-import pytest
 
 PRINCIPALS = {"prn_auction": 40.0, "prn_bidding": 25.0, "prn_reporting": 6.0, "prn_admin": 1.0}
 
@@ -60,8 +59,9 @@ def test_burst_of_failed_authentication_from_one_principal_warns_once() -> None:
     # interleaved with everyone else's normal traffic.
     start = T0 + timedelta(minutes=60)
     attack = [
-        type(warmup[0])(start + timedelta(seconds=i * 0.66), "prn_reporting", "keys.decrypt",
-                        "invalid", 401)
+        type(warmup[0])(
+            start + timedelta(seconds=i * 0.66), "prn_reporting", "keys.decrypt", "invalid", 401
+        )
         for i in range(30)
     ]
     others = list(normal_traffic(start, 2, {"prn_auction": 40.0, "prn_bidding": 25.0}, seed=9))
@@ -107,22 +107,31 @@ def test_feeding_audit_records_works_like_direct_observations() -> None:
     manager, rules = make_rules(clock)
     for i in range(10):
         record = AuditRecord(
-            seq=i, time=(T0 + timedelta(seconds=i)).isoformat(), principal="prn_x",
-            operation="keys.encrypt", outcome="denied", status=403,
+            seq=i,
+            time=(T0 + timedelta(seconds=i)).isoformat(),
+            principal="prn_x",
+            operation="keys.encrypt",
+            outcome="denied",
+            status=403,
         )
         rules.observe_audit_record(record)
     assert [a.kind for a in manager.recent()] == [KIND_FAILED_ACCESS]
 
 
-def _audit_log(path: Path, rules: AlertRules) -> tuple[AuditLog, "FlakySink"]:
+def _audit_log(path: Path, rules: AlertRules) -> tuple[AuditLog, FlakySink]:
     sink = FlakySink(path)
     key = Ed25519PrivateKey.generate()
     public = key.public_key().public_bytes(
         serialization.Encoding.Raw, serialization.PublicFormat.Raw
     )
     log = AuditLog(
-        sink, sign=key.sign, public_key=public, hmac_key=b"k" * 32, kms_id="kms-test",
-        on_failure=rules.audit_write_failed, on_recovery=rules.audit_recovered,
+        sink,
+        sign=key.sign,
+        public_key=public,
+        hmac_key=b"k" * 32,
+        kms_id="kms-test",
+        on_failure=rules.audit_write_failed,
+        on_recovery=rules.audit_recovered,
     )
     log.start()
     return log, sink
@@ -162,7 +171,7 @@ def test_audit_write_failure_is_critical_and_recovery_is_info(tmp_path: Path) ->
 
 def test_hsm_errors_alert_once_per_window() -> None:
     clock = Clock()
-    manager, rules = make_rules(clock)
+    _manager, rules = make_rules(clock)
     stats = HsmStats()
     stats.record("encrypt", 0.001, 0.001, ok=True)
     assert rules.poll_hsm(stats.snapshot()) == []
@@ -177,7 +186,7 @@ def test_hsm_errors_alert_once_per_window() -> None:
 
 def test_attestation_failures() -> None:
     clock = Clock()
-    manager, rules = make_rules(clock)
+    _manager, rules = make_rules(clock)
     local = rules.attestation_failed("sev-guest", "configfs-tsm unavailable", local=True)
     assert [a.level for a in local] == [AlertLevel.ERROR]
     levels = []
@@ -190,7 +199,7 @@ def test_attestation_failures() -> None:
 
 def test_overdue_rotation_warns_per_key_once_a_day() -> None:
     clock = Clock()
-    manager, rules = make_rules(clock)
+    _manager, rules = make_rules(clock)
     keys = [
         make_key(1, created=T0 - timedelta(days=100), period_days=90),  # overdue
         make_key(2, created=T0 - timedelta(days=10), period_days=90),  # fine
@@ -210,9 +219,17 @@ def test_log_sink_is_structured_and_redacts_secret_details(
     manager = AlertManager([LogAlertSink()], config=AlertConfig(recent_limit=3))
     with caplog.at_level(logging.INFO, logger="enclave.alerts"):
         manager.raise_alert(
-            AlertLevel.ERROR, "test", "Something broke", "detail", subject="prn_a",
-            details={"token": "eyJhbGciOiJFZERTQSJ9.secret", "api_key": "sk-123",
-                     "count": 3, "plaintext": b"top secret"},
+            AlertLevel.ERROR,
+            "test",
+            "Something broke",
+            "detail",
+            subject="prn_a",
+            details={
+                "token": "eyJhbGciOiJFZERTQSJ9.secret",
+                "api_key": "sk-123",
+                "count": 3,
+                "plaintext": b"top secret",
+            },
         )
     line = caplog.records[-1].getMessage()
     data = json.loads(line)

@@ -40,8 +40,18 @@ def at(*args: int) -> datetime:
         (Monthly(31), at(2025, 2, 10), at(2025, 2, 28)),  # clamped to month end
         (Monthly(31), at(2025, 12, 31, 1), at(2026, 1, 31)),
     ],
-    ids=["hourly", "hourly-boundary", "daily", "daily-boundary", "weekly", "weekly-boundary",
-         "weekly-sunday", "monthly", "monthly-clamp", "monthly-year-end"],
+    ids=[
+        "hourly",
+        "hourly-boundary",
+        "daily",
+        "daily-boundary",
+        "weekly",
+        "weekly-boundary",
+        "weekly-sunday",
+        "monthly",
+        "monthly-clamp",
+        "monthly-year-end",
+    ],
 )
 def test_cadence_next_after(cadence: Any, moment: datetime, expected: datetime) -> None:
     assert cadence.next_after(moment) == expected
@@ -64,6 +74,7 @@ async def test_run_due_runs_exactly_what_is_due_without_replaying_missed_runs() 
         async def run(now: datetime) -> dict[str, Any]:
             runs.append(name)
             return {"at": now.isoformat()}
+
         return run
 
     scheduler = Scheduler(clock=clock)

@@ -103,15 +103,24 @@ async def test_delivers_json_over_verified_https(tls_files: tuple[Path, Path]) -
     receiver = Receiver(tls_files, port)
     await receiver.start()
     sink = WebhookSink(
-        WebhookConfig(f"https://127.0.0.1:{port}/hook", ca_bundle=tls_files[0],
-                      signing_key=b"s" * 32, source="kms-test"),
+        WebhookConfig(
+            f"https://127.0.0.1:{port}/hook",
+            ca_bundle=tls_files[0],
+            signing_key=b"s" * 32,
+            source="kms-test",
+        ),
     )
     manager = AlertManager([sink])
     await sink.start()
     try:
         manager.raise_alert(AlertLevel.INFO, "ignored", "below the webhook's minimum level")
-        manager.raise_alert(AlertLevel.CRITICAL, "audit-write-failure", "Audit down",
-                            "disk full", subject="audit-log")
+        manager.raise_alert(
+            AlertLevel.CRITICAL,
+            "audit-write-failure",
+            "Audit down",
+            "disk full",
+            subject="audit-log",
+        )
         await sink.wait_idle()
         assert len(receiver.bodies) == 1
         body = receiver.bodies[0]
@@ -138,8 +147,13 @@ async def test_survives_the_server_being_down_then_delivers(
         delays.append(seconds)
         await asyncio.sleep(0)
 
-    config = WebhookConfig(f"https://127.0.0.1:{port}/hook", ca_bundle=tls_files[0],
-                           timeout=2.0, max_attempts=3, backoff_initial=0.5)
+    config = WebhookConfig(
+        f"https://127.0.0.1:{port}/hook",
+        ca_bundle=tls_files[0],
+        timeout=2.0,
+        max_attempts=3,
+        backoff_initial=0.5,
+    )
     sink = WebhookSink(config, sleep=record_sleep)
     manager = AlertManager([sink])
     await sink.start()
@@ -168,16 +182,18 @@ async def test_untrusted_certificate_and_4xx_are_not_delivered(
     await receiver.start()
     try:
         # No CA bundle: the self-signed certificate is not trusted, nothing reaches it.
-        untrusting = WebhookSink(WebhookConfig(f"https://127.0.0.1:{port}/hook", max_attempts=2),
-                                 sleep=no_sleep)
+        untrusting = WebhookSink(
+            WebhookConfig(f"https://127.0.0.1:{port}/hook", max_attempts=2), sleep=no_sleep
+        )
         await untrusting.start()
         untrusting.emit(AlertManager().raise_alert(AlertLevel.ERROR, "x", "y"))  # type: ignore[arg-type]
         await untrusting.wait_idle()
         await untrusting.close()
         assert untrusting.stats().failed == 1 and receiver.bodies == []
         # Trusted, but the receiver refuses with 400: permanent, no retry.
-        trusting = WebhookSink(WebhookConfig(f"https://127.0.0.1:{port}/hook",
-                                             ca_bundle=tls_files[0]), sleep=no_sleep)
+        trusting = WebhookSink(
+            WebhookConfig(f"https://127.0.0.1:{port}/hook", ca_bundle=tls_files[0]), sleep=no_sleep
+        )
         await trusting.start()
         trusting.emit(AlertManager().raise_alert(AlertLevel.ERROR, "x", "y"))  # type: ignore[arg-type]
         await trusting.wait_idle()
