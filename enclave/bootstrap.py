@@ -215,6 +215,7 @@ class _Flow:
         self.dir = config.kms_dir
         self.entropy = options.entropy or EntropySource()
         self.clock = options.clock
+        self.identity_created = False
 
     def path(self, relative: Path) -> Path:
         return self.dir / relative
@@ -222,7 +223,6 @@ class _Flow:
     async def run(self, cleanup: contextlib.AsyncExitStack) -> KmsRuntime:
         started = time.perf_counter()
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        first_boot = not self.path(DATABASE_FILE).exists()
 
         identity, binding, provider, sealer = await asyncio.to_thread(self._tee)
         self._pause("tee")
@@ -249,6 +249,7 @@ class _Flow:
 
         audit = await self._audit(system_identity)
         cleanup.push_async_callback(asyncio.to_thread, audit.stop)
+        first_boot = self.identity_created
         runtime = KmsRuntime(
             config=self.config,
             launch=self.launch,
@@ -472,6 +473,7 @@ class _Flow:
             tx.put(SYSTEM_KIND, "identity", stored.to_json(), expected_version=0)
 
         await store.transact(commit)
+        self.identity_created = True
         log.info("system identity %s created", kms_id)
         return await _open_identity(
             store, hierarchy, kek, stored, (signing, audit_sign, audit_hmac)

@@ -94,7 +94,7 @@ class KmsRuntime:
     ``provider`` is the seal-key provider behind ``sealer``; the evidence provider is
     ``launch.provider`` (also ``evidence_provider``). ``kek`` is the KEK current at boot
     (the initial one on a first boot) and ``kek_version`` its active version; after a KEK
-    rotation ask ``current_kek()``.
+    rotation ask ``current_kek()``. ``first_boot``: this start created the KMS's identity.
     """
 
     config: EnclaveConfig
