@@ -1,9 +1,12 @@
 """Authorization: access levels per key (grants) and for the system; denial is the default.
 
-A principal's effective level on a key is the highest of its system level and its grant on
-that key (a grant on ``*`` covers every key). Levels are ordered: each includes the ones
-below it (0 view metadata, 1 use key, 2 manage key, 3 create/delete keys, 4 system
-administration). A disabled or isolated principal has no level at all.
+Levels are ordered: each includes the ones below it (0 view metadata, 1 use key, 2 manage
+key, 3 create/delete keys, 4 system administration). A system-scoped operation needs the
+principal's system level. A key-scoped operation needs a grant on that key (a grant on
+``*`` covers every key); only system administrators (level 4) hold every level on every
+key without a grant; any other system level gives view-metadata (0) on every key, so
+auditors can review the inventory. A principal allowed to create keys (system level 3)
+uses only the keys it owns or is granted. A disabled or isolated principal has no level.
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ class Grant:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Grant:
+        unknown = set(data) - {"principal_id", "key_id", "level", "granted_by", "granted_at"}
+        if unknown:
+            raise ValueError(f"unknown grant fields {sorted(unknown)}")
         return cls(
             principal_id=str(data["principal_id"]),
             key_id=str(data["key_id"]),
@@ -69,11 +75,14 @@ class Requirement:
 def effective_level(principal: Principal, key_id: str | None, grants: list[Grant]) -> Level | None:
     if not principal.active:
         return None
-    best = principal.system_level
-    if key_id is not None:
-        for grant in grants:
-            if grant.key_id in (key_id, ANY_KEY) and (best is None or grant.level > best):
-                best = grant.level
+    if key_id is None:
+        return principal.system_level
+    if principal.system_level is Level.SYSTEM_ADMIN:
+        return Level.SYSTEM_ADMIN
+    best = Level.VIEW_METADATA if principal.system_level is not None else None
+    for grant in grants:
+        if grant.key_id in (key_id, ANY_KEY) and (best is None or grant.level > best):
+            best = grant.level
     return best
 
 

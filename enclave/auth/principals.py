@@ -78,6 +78,9 @@ class Principal:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Principal:
+        unknown = set(data) - _PRINCIPAL_FIELDS
+        if unknown:
+            raise ValueError(f"unknown principal fields {sorted(unknown)}")
         level = data.get("system_level")
         return cls(
             id=str(data["id"]),
@@ -90,6 +93,12 @@ class Principal:
             isolated=bool(data.get("isolated", False)),
             workload_measurements=tuple(data.get("workload_measurements", ())),
         )
+
+
+_PRINCIPAL_FIELDS = {
+    "id", "name", "kind", "public_key", "system_level", "created_at", "enabled", "isolated",
+    "workload_measurements",
+}  # fmt: skip
 
 
 class PrincipalDirectory(Protocol):

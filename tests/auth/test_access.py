@@ -52,3 +52,27 @@ def test_system_level_covers_keys_and_isolation_removes_everything() -> None:
     assert effective_level(isolated, "key_9", []) is None
     with pytest.raises(AccessDenied):
         check(isolated, Requirement(Level.VIEW_METADATA, "system"), None, [])
+
+
+@pytest.mark.parametrize("system", [Level.VIEW_METADATA, Level.USE_KEY, Level.CREATE_DELETE_KEYS])
+def test_system_levels_below_admin_give_no_key_access(system: Level) -> None:
+    creator = principal(system)
+    check(creator, Requirement(system, "system"), None, [])
+    check(creator, Requirement(Level.VIEW_METADATA, "key"), "key_someone_elses", [])
+    with pytest.raises(AccessDenied):
+        check(creator, Requirement(Level.USE_KEY, "key"), "key_someone_elses", [])
+    check(
+        creator,
+        Requirement(Level.USE_KEY, "key"),
+        "key_own",
+        [grant("key_own", Level.CREATE_DELETE_KEYS)],
+    )
+
+
+def test_records_with_unknown_fields_are_refused() -> None:
+    data = grant("key_1", Level.USE_KEY).to_dict() | {"extra": 1}
+    with pytest.raises(ValueError, match="unknown"):
+        Grant.from_dict(data)
+    pdata = principal(None).to_dict() | {"extra": 1}
+    with pytest.raises(ValueError, match="unknown"):
+        Principal.from_dict(pdata)
