@@ -30,6 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--state", type=Path, required=True, help="state directory (created)")
     up.add_argument("--listen", default="127.0.0.1:8443", help="HOST:PORT for the host proxy")
     up.add_argument("--platform", default="sev-snp", choices=("sev-snp", "tdx", "nitro"))
+    up.add_argument(
+        "--reset", action="store_true",
+        help="discard the KMS state (keys, HSM token, database) in --state before starting",
+    )  # fmt: skip
     up.add_argument("--log-level", default="WARNING")
     return parser
 
@@ -40,12 +44,12 @@ def _relative(path: Path) -> str:
     return str(path)
 
 
-async def up(state: Path, listen: str, platform: str) -> int:
+async def up(state: Path, listen: str, platform: str, *, reset: bool = False) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    stack = make_stack(state, listen, platform)
+    stack = make_stack(state, listen, platform, reset_kms=reset)
     starting = asyncio.create_task(stack.start())
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -84,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
     try:
-        return asyncio.run(up(args.state, args.listen, args.platform))
+        return asyncio.run(up(args.state, args.listen, args.platform, reset=args.reset))
     except (SimError, OSError) as exc:
         print(f"kms-sim: {exc}", file=sys.stderr)
         return EXIT_START_FAILED

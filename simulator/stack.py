@@ -8,7 +8,11 @@
   the platform set) and the simulated measurement of the tree it runs, computed exactly as
   the enclave's fake hardware computes it at launch;
 * ``kms-verifier serve`` on a free loopback port (token key ``STATE/verifier/signing-key.pem``);
-* ``kms-enclave serve`` on ``unix:STATE/enclave.sock`` (its log: ``STATE/enclave.log``);
+* ``kms-enclave serve`` on ``unix:STATE/enclave.sock`` (its log: ``STATE/enclave.log``),
+  which bootstraps the KMS's own sealed state in ``STATE`` (HSM token, sealed PIN and
+  storage key, ``kms.db``, audit log; layout in ``enclave.server``). That state is sealed
+  to the measured tree: after a code change it no longer unseals and the enclave refuses to
+  start; ``reset_kms=True`` (``kms-sim up --reset``) discards it first;
 * the untrusted host proxy (``host.HostProxy``) on the requested TCP address;
 * the client profiles ``STATE/client.toml`` (local verification) and
   ``STATE/client-remote.toml`` (through the verifier endpoint).
@@ -24,6 +28,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -74,6 +79,7 @@ class SimStack:
     listen: str = "127.0.0.1:8443"
     platform: Platform = "sev-snp"
     enclave_args: tuple[str, ...] = ()
+    reset_kms: bool = False
     url: str = ""
     measurement: bytes = b""
     launch_config: bytes = b""
@@ -105,6 +111,8 @@ class SimStack:
     def prepare(self) -> None:
         self.state = self.state.resolve()
         self.state.mkdir(parents=True, exist_ok=True)
+        if self.reset_kms:
+            reset_kms_state(self.state)
         device = simulated_device(self.platform, self.state / "hw")
         self.roots_pem = device.roots_pem()
         roots_dir = self.state / "sim-roots"
@@ -187,7 +195,13 @@ class SimStack:
         if not line:
             await self._terminate(process)
             tail = (self.state / log_name).read_text(errors="replace")[-2000:]
-            raise SimError(f"{args[1]} did not start; {log_name}:\n{tail}")
+            hint = ""
+            if "code changed" in tail or "configuration changed" in tail:
+                hint = (
+                    "\nthe KMS state here was sealed by another build or launch configuration; "
+                    "start over with `kms-sim up --reset` (discards its keys)"
+                )
+            raise SimError(f"{args[1]} did not start; {log_name}:\n{tail}{hint}")
         self._drains.append(asyncio.create_task(_drain(process.stdout)))
         return process, line.decode().strip()
 
@@ -283,6 +297,22 @@ async def _drain(stream: asyncio.StreamReader) -> None:
     with contextlib.suppress(Exception):
         while await stream.read(4096):
             pass
+
+
+KMS_STATE_ENTRIES = (
+    "hsm", "kms.db", "kms.db-wal", "kms.db-shm", "storage.key.sealed", "audit",
+)  # fmt: skip
+
+
+def reset_kms_state(state: Path) -> None:
+    """Discard the KMS's own state under ``state`` (keys included); keep the fake hardware."""
+    for name in KMS_STATE_ENTRIES:
+        path = state / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
 
 def make_stack(state: Path, listen: str, platform: str, **kwargs: Any) -> SimStack:

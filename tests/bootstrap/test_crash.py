@@ -135,3 +135,14 @@ def test_changed_code_refuses_to_start_with_a_clear_message(state: Path, tmp_pat
     assert "measurement" in message and "code changed" in message
     assert not (tmp_path / "e.sock").exists()
     assert _boot(state)["first_boot"] is False  # the original code still starts
+
+
+def test_kms_sim_reset_discards_only_the_kms_state(state: Path) -> None:
+    from simulator.stack import reset_kms_state
+
+    first = _boot(state)
+    reset_kms_state(state)
+    assert (state / "launch.json").exists() and (state / "hw").is_dir()
+    assert not (state / "kms.db").exists() and not (state / "hsm").exists()
+    fresh = _boot(state)
+    assert fresh["first_boot"] is True and fresh["kms_id"] != first["kms_id"]
