@@ -159,4 +159,13 @@ def create_app(
     app.on_shutdown.append(_start_draining)
     app.add_routes(health.routes)
     app.add_routes(attestation.routes)
+    for install in _features():
+        install(app)
     return app
+
+
+def _features() -> tuple[Callable[[web.Application], None], ...]:
+    """The features served on top of the runtime. Each ``install(app)`` adds its routes,
+    middlewares and ``cleanup_ctx`` entries (which run after the runtime's, so
+    ``app[RUNTIME]`` is there) and reaches the services through ``app[RUNTIME]``."""
+    return ()

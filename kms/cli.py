@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import IO
 
 from kms.client import KmsClient
+from kms.commands import COMMAND_MODULES, CommandContext
 from kms.errors import AttestationRefused, KmsError, ProfileError, ServerError, TransportError
 from kms.profile import Profile
 
@@ -42,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     attest = commands.add_parser("attest", help="attest the KMS and print the verified claims")
     attest.add_argument("--json", action="store_true", help="print JSON")
+    for module in COMMAND_MODULES:
+        module.register(commands)
     return parser
 
 
@@ -89,6 +92,18 @@ def main(
         format="%(levelname)s %(name)s: %(message)s",
     )
     as_json = bool(getattr(args, "json", False))
+    handler = getattr(args, "handler", None)
+    if handler is not None:
+        context = CommandContext(
+            args=args, profile_path=args.profile, stdin=sys.stdin.buffer, stdout=out, stderr=err
+        )
+        try:
+            return int(handler(context))
+        except KmsError as exc:
+            print(f"{PROG}: {exc}", file=err)
+            if as_json:
+                print(json.dumps(exc.as_problem(), indent=2), file=out)
+            return _exit_code(exc)
     try:
         if not args.profile:
             raise ProfileError("no profile: give --profile FILE (or set $KMS_PROFILE)")
