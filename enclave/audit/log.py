@@ -201,6 +201,7 @@ class AuditLog:
 
     # -- writer thread -----------------------------------------------------------------
     def _recover(self) -> tuple[int, str]:
+        self._sink.drop_torn_tail()
         last: AuditRecord | None = None
         for line in self._sink.read_lines():
             if line.strip():

@@ -15,6 +15,8 @@ class AuditSink(Protocol):
 
     def read_lines(self) -> Iterator[bytes]: ...
 
+    def drop_torn_tail(self) -> int: ...
+
 
 class FileAuditSink:
     def __init__(self, path: Path) -> None:
@@ -39,6 +41,24 @@ class FileAuditSink:
         with self.path.open("rb") as handle:
             return iter(handle.readlines())
 
+    def drop_torn_tail(self) -> int:
+        """Cut a last line that a crash left without its newline; return the bytes cut.
+
+        Such a line was never acknowledged: ``append`` returns only after the whole batch,
+        newlines included, is written and fsync'd.
+        """
+        if not self.path.exists():
+            return 0
+        data = self.path.read_bytes()
+        if not data or data.endswith(b"\n"):
+            return 0
+        keep = data.rfind(b"\n") + 1
+        with self.path.open("r+b") as handle:
+            handle.truncate(keep)
+            handle.flush()
+            os.fsync(handle.fileno())
+        return len(data) - keep
+
 
 class NullAuditSink:
     """Keeps nothing. Only for the benchmark baseline (audit writer replaced by a no-op)."""
@@ -48,3 +68,6 @@ class NullAuditSink:
 
     def read_lines(self) -> Iterator[bytes]:
         return iter(())
+
+    def drop_torn_tail(self) -> int:
+        return 0

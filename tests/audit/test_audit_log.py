@@ -187,3 +187,20 @@ def test_restart_continues_the_chain(tmp_path: Path) -> None:
     report = verify_export(lines)
     assert not [p for p in report.problems if "chain" in p.reason or "missing" in p.reason]
     assert report.last_seq is not None and report.last_seq >= 6
+
+
+def test_a_torn_last_line_from_a_crash_is_dropped_at_start(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    log, _, _ = make_log(FileAuditSink(path))
+    lifecycle(log, 3)
+    log.stop()
+    intact = path.read_bytes()
+    with path.open("ab") as handle:
+        handle.write(b'{"seq":3,"time":"2026-')  # a crash in the middle of a write
+    log2, _, _ = make_log(FileAuditSink(path))
+    lifecycle(log2, 1)
+    lines = log2.export_lines()
+    log2.stop()
+    assert path.read_bytes().startswith(intact)
+    report = verify_export(lines)
+    assert not [p for p in report.problems if "chain" in p.reason or "missing" in p.reason]
