@@ -8,6 +8,7 @@ STATE ?= .kms-state
 LISTEN ?= 127.0.0.1:8443
 PLATFORM ?= sev-snp
 PYTEST_ARGS ?=
+RESET ?=
 
 .PHONY: run test lint bench soak clean system-deps venv
 
@@ -32,7 +33,7 @@ system-deps:
 	fi
 
 run: $(STAMP) system-deps
-	$(BIN)/kms-sim up --state $(STATE) --listen $(LISTEN) --platform $(PLATFORM)
+	$(BIN)/kms-sim up --state $(STATE) --listen $(LISTEN) --platform $(PLATFORM) $(if $(RESET),--reset)
 
 test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
