@@ -8,18 +8,28 @@ callers get ``AuditUnavailable`` (the KMS refuses operations, fail closed), a Cr
 is raised once, and the pending records stay queued, in order, until the sink accepts them
 again: nothing acknowledged as recorded is ever lost. Checkpoints signed with the audit key
 are appended every ``checkpoint_every`` records or ``checkpoint_interval`` seconds.
+
+Listeners (``add_listener``) let the monitoring feature hear of failures, recoveries and
+each durable record without the log's constructor knowing them; they run on the writer
+thread, must be quick, and a listener that raises is logged and otherwise ignored.
+``request_scope()`` counts the records submitted while a request is handled (a per-log
+context variable), so the HTTP layer can add a record only for requests that no service
+produced one for, and never a second one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import hashlib
 import hmac
 import json
+import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,6 +45,8 @@ from enclave.audit.records import (
     signature_message,
 )
 from enclave.audit.sink import AuditSink
+
+log = logging.getLogger("enclave.audit")
 
 
 class AuditUnavailable(Exception):
@@ -64,6 +76,22 @@ class _Entry:
     details: dict[str, Any]
     time: str
     future: Future[AuditRecord] = field(default_factory=Future)
+
+
+@dataclass
+class RequestScope:
+    """Records submitted while one request was handled (see ``AuditLog.request_scope``)."""
+
+    records: int = 0
+
+
+@dataclass(frozen=True)
+class AuditListener:
+    """Callbacks for the log's events; each runs on the writer thread and must not block."""
+
+    on_failure: Callable[[str], object] | None = None
+    on_recovery: Callable[[], object] | None = None
+    on_record: Callable[[AuditRecord], object] | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +136,43 @@ class AuditLog:
         self._next_seq, self._prev_hash = self._recover()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._listeners: tuple[AuditListener, ...] = ()
+        self._scope: contextvars.ContextVar[RequestScope | None] = contextvars.ContextVar(
+            f"audit-request-scope-{id(self):x}", default=None
+        )
+
+    # -- listeners ---------------------------------------------------------------------
+    def add_listener(self, listener: AuditListener) -> Callable[[], None]:
+        """Add ``listener``; returns a function that removes it again."""
+        with self._lock:
+            self._listeners = (*self._listeners, listener)
+
+        def remove() -> None:
+            with self._lock:
+                self._listeners = tuple(x for x in self._listeners if x is not listener)
+
+        return remove
+
+    def _notify(self, event: str, *args: Any) -> None:
+        for listener in self._listeners:
+            callback = getattr(listener, event)
+            if callback is None:
+                continue
+            try:
+                callback(*args)
+            except Exception:
+                log.exception("audit %s listener failed", event)
+
+    @contextlib.contextmanager
+    def request_scope(self) -> Iterator[RequestScope]:
+        """``with audit.request_scope() as scope:`` every record submitted in this context
+        (this task, and tasks it starts) while the block runs is counted in ``scope``."""
+        scope = RequestScope()
+        token = self._scope.set(scope)
+        try:
+            yield scope
+        finally:
+            self._scope.reset(token)
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
@@ -166,6 +231,9 @@ class AuditLog:
             details=merged,
             time=datetime.fromtimestamp(self._clock(), UTC).isoformat(timespec="microseconds"),
         )
+        scope = self._scope.get()
+        if scope is not None:
+            scope.records += 1
         try:
             self._queue.put_nowait(entry)
         except queue.Full:
@@ -180,6 +248,10 @@ class AuditLog:
         return self.submit(**kwargs).result(timeout)
 
     # -- export ------------------------------------------------------------------------
+    def read_lines(self) -> list[bytes]:
+        """Every record line written so far (for reports and jobs; no header)."""
+        return list(self._sink.read_lines())
+
     def checkpoint_now(self, timeout: float = 30.0) -> AuditRecord:
         return self.record_sync(
             timeout, principal="kms", operation=CHECKPOINT_OPERATION, outcome="event"
@@ -272,16 +344,24 @@ class AuditLog:
         except OSError as exc:
             if self._healthy:
                 self._healthy = False
+                reason = f"audit log write failed: {exc.strerror or exc}"
                 if self._on_failure:
-                    self._on_failure(f"audit log write failed: {exc.strerror or exc}")
+                    self._on_failure(reason)
+                self._notify("on_failure", reason)
             return False
-        self._written += len(self._pending)
+        written = self._pending
+        self._written += len(written)
         self._batches += 1
         self._pending = []
         if not self._healthy:
             self._healthy = True
             if self._on_recovery:
                 self._on_recovery()
+            self._notify("on_recovery")
+        if self._listeners:
+            for record in written:
+                if not record.is_checkpoint:
+                    self._notify("on_record", record)
         return True
 
     def _chain(self, entry: _Entry) -> AuditRecord:
