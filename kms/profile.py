@@ -28,6 +28,8 @@ Layout::
 
     [client]                     # optional limits (timeouts in seconds, retries)
     [credentials]                # filled by the admin onboarding (next issue)
+    [audit]                      # pinned by the first `kms audit export` (attested TLS)
+    public_key = "..."           # the KMS's audit checkpoint key, base64 Ed25519
 """
 
 from __future__ import annotations
@@ -60,7 +62,9 @@ _TOP_LEVEL = {
     "verifier",
     "client",
     "credentials",
+    "audit",
 }
+_AUDIT_KEYS = {"public_key", "kms_id"}
 _TRUST_KEYS = {"roots", "pem", "pem_file"}
 _VERIFIER_KEYS = {"url", "jwks", "issuer"}
 _CLIENT_KEYS = {
@@ -116,6 +120,7 @@ class Profile:
     verifier: RemoteVerifier | None = None
     client: ClientSettings = field(default_factory=ClientSettings)
     credentials: Mapping[str, Any] = field(default_factory=dict)
+    audit: Mapping[str, str] = field(default_factory=dict)
     directory: Path = field(default_factory=Path.cwd)
     policy: Policy = field(init=False, repr=False, compare=False)
 
@@ -190,6 +195,7 @@ class Profile:
             verifier=verifier,
             client=_client(_table(document, "client")),
             credentials=_table(document, "credentials"),
+            audit=_audit(_table(document, "audit")),
             directory=directory,
         )
 
@@ -216,6 +222,8 @@ class Profile:
                 table["issuer"] = self.verifier.issuer
             out["verifier"] = table
         out["credentials"] = dict(self.credentials)
+        if self.audit:
+            out["audit"] = dict(self.audit)
         return out
 
     def dumps(self) -> str:
@@ -251,6 +259,13 @@ def _table(document: Mapping[str, Any], name: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ProfileError(f"[{name}] must be a table")
     return value
+
+
+def _audit(table: Mapping[str, Any]) -> dict[str, str]:
+    _no_unknown(table, _AUDIT_KEYS, "[audit]")
+    if not all(isinstance(v, str) for v in table.values()):
+        raise ProfileError("[audit] values must be strings")
+    return dict(table)
 
 
 def _trust(table: Mapping[str, Any], directory: Path) -> TrustConfig:
