@@ -168,4 +168,6 @@ def _features() -> tuple[Callable[[web.Application], None], ...]:
     """The features served on top of the runtime. Each ``install(app)`` adds its routes,
     middlewares and ``cleanup_ctx`` entries (which run after the runtime's, so
     ``app[RUNTIME]`` is there) and reaches the services through ``app[RUNTIME]``."""
-    return ()
+    from enclave.features import pakv
+
+    return (pakv.install,)

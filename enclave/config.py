@@ -101,6 +101,12 @@ def _port(text: str, whole: str, *, allow_zero: bool = False) -> int:
     return port
 
 
+def _optional_address(value: str | ListenAddress | None) -> ListenAddress | None:
+    if value is None or isinstance(value, ListenAddress):
+        return value
+    return ListenAddress.parse(value)
+
+
 @dataclass(frozen=True)
 class Limits:
     """Bounds on what one request or the service may consume."""
@@ -133,6 +139,10 @@ class EnclaveConfig:
     measure_root: Path | None = None
     limits: Limits = field(default_factory=Limits)
     data_dir: Path | None = None
+    # The K/V key service's HTTP/2 listeners (enclave.features.pakv): h2 over the attested
+    # TLS identity, and h2c (cleartext, prior knowledge). None: not served.
+    pakv_h2: ListenAddress | None = None
+    pakv_h2c: ListenAddress | None = None
 
     @classmethod
     def create(
@@ -145,6 +155,8 @@ class EnclaveConfig:
         measure_root: Path | None = None,
         limits: Limits | None = None,
         data_dir: Path | None = None,
+        pakv_h2: str | ListenAddress | None = None,
+        pakv_h2c: str | ListenAddress | None = None,
     ) -> EnclaveConfig:
         try:
             parsed_platform = parse_platform(platform)
@@ -164,6 +176,8 @@ class EnclaveConfig:
             measure_root=measure_root,
             limits=limits or Limits(),
             data_dir=Path(data_dir) if data_dir is not None else None,
+            pakv_h2=_optional_address(pakv_h2),
+            pakv_h2c=_optional_address(pakv_h2c),
         )
 
     @property

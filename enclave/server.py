@@ -165,6 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--measure-root", type=Path, default=None,
         help="simulation only: the tree the fake hardware measures (default: this code's tree)",
     )  # fmt: skip
+    run.add_argument(
+        "--pakv-h2", default=None, metavar="ADDRESS",
+        help="K/V key service over HTTP/2 with TLS (h2): unix:PATH or tcp:HOST:PORT",
+    )  # fmt: skip
+    run.add_argument(
+        "--pakv-h2c", default=None, metavar="ADDRESS",
+        help="K/V key service over cleartext HTTP/2 (h2c): unix:PATH or tcp:HOST:PORT",
+    )  # fmt: skip
     run.add_argument("--log-level", default="INFO")
     return parser
 
@@ -180,6 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = EnclaveConfig.create(
             platform=args.platform, state_dir=args.state, listen=args.listen,
             attestation=args.attestation, measure_root=args.measure_root, data_dir=args.data,
+            pakv_h2=args.pakv_h2, pakv_h2c=args.pakv_h2c,
         )  # fmt: skip
     except ConfigError as exc:
         print(f"kms-enclave: {exc}", file=sys.stderr)

@@ -72,6 +72,9 @@ async def up(state: Path, listen: str, platform: str, *, reset: bool = False) ->
         f"  try:         {_relative(kms)} --profile {profile} attest --json\n"
         f"  remote:      {_relative(kms)} --profile {_relative(stack.remote_profile_path)} "
         "attest --json   (through the kms-verifier endpoint)\n"
+        f"  K/V keys:    {stack.url}/.well-known/protected-auction/v1/public-keys\n"
+        f"  K/V HTTP/2:  h2 {stack.pakv_urls.get('h2', '-')}  h2c {stack.pakv_urls.get('h2c', '-')}"
+        f"  ({_relative(stack.state)}/pakv.json)\n"
         f"  logs:        {_relative(stack.state)}/enclave.log, verifier.log\n"
         "  stop:        Ctrl-C",
         flush=True,

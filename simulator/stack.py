@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from enclave.attestation.launch import nitro_config_pcr, snp_host_data, tdx_mr_config_id
 from enclave.attestation.providers import RUNNING_TREE, simulated_device
+from kms.pakv.simulated import release_policy_document as pakv_release_policy
 from measurements.compute import canonical_launch_config, launch_config_for, simulated_measurement
 from verifier.claims import Platform, parse_platform
 from verifier.roots import SIMULATED_FILES
@@ -50,6 +51,7 @@ START_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 CLIENT_PROFILE = "client.toml"
 REMOTE_PROFILE = "client-remote.toml"
+PAKV_FILE = "pakv.json"  # where the K/V key service's URLs are recorded (docs/pakv.md)
 
 
 class SimError(RuntimeError):
@@ -89,6 +91,8 @@ class SimStack:
     _proxy: Any = field(default=None, repr=False)
     _drains: list[asyncio.Task[None]] = field(default_factory=list, repr=False)
     verifier_url: str = ""
+    _pakv_proxies: list[Any] = field(default_factory=list, repr=False)
+    pakv_urls: dict[str, str] = field(default_factory=dict)
 
     @property
     def socket_path(self) -> Path:
@@ -101,6 +105,11 @@ class SimStack:
     @property
     def remote_profile_path(self) -> Path:
         return self.state / REMOTE_PROFILE
+
+    @property
+    def pakv_sockets(self) -> dict[str, Path]:
+        """The enclave's HTTP/2 listeners for the K/V key service: h2 (TLS) and h2c."""
+        return {"h2": self.state / "pakv-h2.sock", "h2c": self.state / "pakv-h2c.sock"}
 
     @property
     def enclave_pid(self) -> int | None:
@@ -119,6 +128,7 @@ class SimStack:
         roots_dir.mkdir(exist_ok=True)
         (roots_dir / SIMULATED_FILES[self.platform]).write_bytes(self.roots_pem)
         config = launch_config_for(self.platform)
+        config["pakv"] = {"release_policy": pakv_release_policy(self.platform)}
         (self.state / "launch.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         self.launch_config = canonical_launch_config(config)
         key_dir = self.state / "verifier"
@@ -170,6 +180,7 @@ class SimStack:
             await self._start_enclave()
             await self._start_proxy()
             self.write_profiles()
+            self.write_pakv()
             await self._prove_ready()
         except BaseException:
             await self.stop()
@@ -229,6 +240,8 @@ class SimStack:
             [
                 "-m", "enclave.server", "serve", "--state", str(self.state),
                 "--listen", f"unix:{self.socket_path}", "--platform", self.platform,
+                "--pakv-h2", f"unix:{self.pakv_sockets['h2']}",
+                "--pakv-h2c", f"unix:{self.pakv_sockets['h2c']}",
                 *self.enclave_args,
             ],
             "enclave.log",
@@ -247,7 +260,33 @@ class SimStack:
         self._proxy = HostProxy(config)
         await self._proxy.start()
         host = self._proxy.host
-        self.url = f"https://{'[' + host + ']' if ':' in host else host}:{self._proxy.port}"
+        shown = f"[{host}]" if ":" in host else host
+        self.url = f"https://{shown}:{self._proxy.port}"
+        # The K/V key service's HTTP/2 listeners, each behind a proxy of its own (a free
+        # port on the same host); the public documents are on self.url (HTTP/1.1).
+        for name, path in self.pakv_sockets.items():
+            proxy = HostProxy(
+                ProxyConfig(
+                    listen=ListenAddress.parse(f"{self.listen.rpartition(':')[0]}:0"),
+                    enclave=EnclaveAddress.parse(f"unix:{path}"),
+                )
+            )
+            await proxy.start()
+            self._pakv_proxies.append(proxy)
+            scheme = "https" if name == "h2" else "http"
+            self.pakv_urls[name] = f"{scheme}://{shown}:{proxy.port}"
+
+    def write_pakv(self) -> None:
+        """``STATE/pakv.json``: where the K/V key service answers (docs/pakv.md)."""
+        document = {
+            "public_keys": self.url + "/.well-known/protected-auction/v1/public-keys",
+            "public_keys_alias": self.url + "/v1alpha/publicKeys",
+            "public_keys_signed": self.url + "/.well-known/protected-auction/v1/public-keys.signed",
+            "h2": self.pakv_urls.get("h2", ""),
+            "h2c": self.pakv_urls.get("h2c", ""),
+            "release_policy": pakv_release_policy(self.platform),
+        }
+        (self.state / PAKV_FILE).write_text(json.dumps(document, indent=2) + "\n")
 
     async def _prove_ready(self) -> None:
         from kms.client import AsyncKmsClient
@@ -263,6 +302,10 @@ class SimStack:
             with contextlib.suppress(Exception):
                 await self._proxy.stop(grace=1.0)
             self._proxy = None
+        for pakv_proxy in self._pakv_proxies:
+            with contextlib.suppress(Exception):
+                await pakv_proxy.stop(grace=1.0)
+        self._pakv_proxies.clear()
         for process in (self._enclave, self._verifier):
             if process is not None:
                 await self._terminate(process)
@@ -270,8 +313,9 @@ class SimStack:
         for task in self._drains:
             task.cancel()
         self._drains.clear()
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
+        for path in (self.socket_path, *self.pakv_sockets.values()):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
     @staticmethod
     async def _terminate(process: asyncio.subprocess.Process) -> None:

@@ -18,16 +18,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 import socket
 import ssl
+import stat
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 from enclave.pakv.service import PakvRequest, PakvService
+
+UNIX_SOCKET_MODE = 0o660
+LISTEN_BACKLOG = 128
+
+log = logging.getLogger("enclave.pakv.h2server")
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -113,7 +122,9 @@ class H2Limits:
 
 
 class H2Server:
-    """One listener: TLS with ALPN h2 when ``ssl_context`` is given, h2c otherwise."""
+    """One listener: TLS with ALPN h2 when ``ssl_context`` is given, h2c otherwise; on
+    ``host:port`` (TCP) or, with ``path``, on a unix socket (the enclave's listener behind
+    the host proxy)."""
 
     def __init__(
         self,
@@ -121,11 +132,14 @@ class H2Server:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
+        path: Path | None = None,
+        sock: socket.socket | None = None,
         ssl_context: ssl.SSLContext | None = None,
         limits: H2Limits | None = None,
     ) -> None:
         self._app = PakvAsgi(service)
-        self._host, self._port = host, port
+        self._host, self._port, self._path = host, port, path
+        self._sock = sock  # an already listening socket (vsock), taken over by start()
         self._limits = limits or H2Limits()
         if ssl_context is not None:
             ssl_context.set_alpn_protocols(["h2", "http/1.1"])
@@ -140,11 +154,7 @@ class H2Server:
 
     async def start(self) -> int:
         """Bind, start serving in the background, and return the bound port."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self._host, self._port))
-        sock.listen(128)
-        self.port = sock.getsockname()[1]
+        sock = self._listen()
         config = _Config(self._context)
         config.bind = [f"fd://{sock.detach()}"]  # hypercorn takes ownership of the fd
         config.alpn_protocols = ["h2", "http/1.1"]
@@ -155,6 +165,7 @@ class H2Server:
         config.include_date_header = False  # the service sets Date from its own clock
         config.include_server_header = False
         config.accesslog = None
+        config.errorlog = log  # through logging, not hypercorn's own stderr handler
         self._stop.clear()
         self._task = asyncio.create_task(
             serve(self._app, config, shutdown_trigger=self._stop.wait, mode="asgi")  # type: ignore[arg-type]
@@ -166,12 +177,49 @@ class H2Server:
             raise RuntimeError("the HTTP/2 server stopped at start")
         return self.port
 
+    def _listen(self) -> socket.socket:
+        if self._sock is not None:
+            sock, self._sock = self._sock, None
+            return sock
+        if self._path is not None:
+            _remove_stale_socket(self._path)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.bind(str(self._path))
+                os.chmod(self._path, UNIX_SOCKET_MODE)
+                sock.listen(LISTEN_BACKLOG)
+            except OSError:
+                sock.close()
+                raise
+            return sock
+        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self._host, self._port))
+            sock.listen(LISTEN_BACKLOG)
+        except OSError:
+            sock.close()
+            raise
+        self.port = sock.getsockname()[1]
+        return sock
+
+    @property
+    def address(self) -> str:
+        """Where it listens, as ``unix:PATH`` or ``tcp:HOST:PORT``."""
+        if self._path is not None:
+            return f"unix:{self._path}"
+        return f"tcp:{self._host}:{self.port}"
+
     async def stop(self) -> None:
         self._stop.set()
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self._path.unlink()
 
     async def __aenter__(self) -> H2Server:
         await self.start()
@@ -181,17 +229,25 @@ class H2Server:
         await self.stop()
 
 
+def _remove_stale_socket(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise OSError(f"{path} exists and is not a socket")
+        path.unlink()
+
+
 def h2_cleanup_ctx(
     service: PakvService,
     *,
     host: str = "127.0.0.1",
     port: int = 0,
+    path: Path | None = None,
     ssl_context: ssl.SSLContext | None = None,
 ) -> Callable[[Any], AsyncIterator[None]]:
     """An aiohttp ``cleanup_ctx`` entry that runs the HTTP/2 listener beside the app."""
 
     async def context(_app: Any) -> AsyncIterator[None]:
-        server = H2Server(service, host=host, port=port, ssl_context=ssl_context)
+        server = H2Server(service, host=host, port=port, path=path, ssl_context=ssl_context)
         await server.start()
         try:
             yield

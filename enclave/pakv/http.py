@@ -19,31 +19,20 @@ from enclave.pakv.formats import (
     SIGNED_PUBLIC_KEYS_PATH,
 )
 from enclave.pakv.service import PakvRequest, PakvService
-from enclave.problems import problem_middleware
+from enclave.problems import NotReady, problem_middleware
 
 PAKV_SERVICE = web.AppKey("pakv_service", PakvService)
 
 
-def pakv_routes(service: PakvService) -> list[web.RouteDef]:
+def pakv_routes(service: PakvService | None = None) -> list[web.RouteDef]:
+    """The routes, bound to ``service``; without one, to ``request.app[PAKV_SERVICE]``,
+    which a ``cleanup_ctx`` entry sets once the KMS runtime exists (503 before)."""
+
     async def handle(request: web.Request) -> web.StreamResponse:
-        limit = service.config.max_request_bytes
-        body = b""
-        if request.can_read_body:
-            body = await request.content.read(limit + 1)
-        answer = await service.handle(
-            PakvRequest(
-                method=request.method,
-                path=request.path,
-                query={k: v for k, v in request.query.items()},
-                headers={k.lower(): v for k, v in request.headers.items()},
-                body=body,
-                transport=f"http/{request.version.major}.{request.version.minor}",
-            )
-        )
-        response = web.Response(status=answer.status, body=answer.body)
-        for name, value in answer.all_headers():
-            response.headers[name] = value
-        return response
+        current = service or request.app.get(PAKV_SERVICE)
+        if current is None:
+            raise NotReady("the K/V key service is not started")
+        return await _answer(current, request)
 
     gets = (PUBLIC_KEYS_PATH, PUBLIC_KEYS_ALIAS_PATH, SIGNED_PUBLIC_KEYS_PATH, RECENT_KEYS_PATH)
     routes = [web.get(path, handle) for path in gets]
@@ -52,9 +41,32 @@ def pakv_routes(service: PakvService) -> list[web.RouteDef]:
     return routes
 
 
-def add_pakv_routes(app: web.Application, service: PakvService) -> None:
-    """Mount the K/V key endpoints on an existing app (the enclave app, kms-sim)."""
-    app[PAKV_SERVICE] = service
+async def _answer(service: PakvService, request: web.Request) -> web.StreamResponse:
+    limit = service.config.max_request_bytes
+    body = b""
+    if request.can_read_body:
+        body = await request.content.read(limit + 1)
+    answer = await service.handle(
+        PakvRequest(
+            method=request.method,
+            path=request.path,
+            query={k: v for k, v in request.query.items()},
+            headers={k.lower(): v for k, v in request.headers.items()},
+            body=body,
+            transport=f"http/{request.version.major}.{request.version.minor}",
+        )
+    )
+    response = web.Response(status=answer.status, body=answer.body)
+    for name, value in answer.all_headers():
+        response.headers[name] = value
+    return response
+
+
+def add_pakv_routes(app: web.Application, service: PakvService | None = None) -> None:
+    """Mount the K/V key endpoints on an existing app. Without ``service`` (the enclave
+    app, where it is made at start-up) the handlers find it under ``PAKV_SERVICE``."""
+    if service is not None:
+        app[PAKV_SERVICE] = service
     app.add_routes(pakv_routes(service))
 
 

@@ -178,6 +178,9 @@ class KeySet:
         if not isinstance(wrapping_key, bytes) or len(wrapping_key) != WRAPPING_KEY_BYTES:
             raise KeySetError(f"the wrapping key is {WRAPPING_KEY_BYTES} bytes")
         self._records = KeySetStore(store)
+        # The records as last read or written by this object: reads (every public-key
+        # answer) come from memory. One KMS process owns its store, so nothing else writes.
+        self._cache: tuple[KeyRecord, ...] | None = None
         self._aead = AESGCM(wrapping_key)
         self.kms_id = kms_id
         self.policy = policy or RotationPolicy()
@@ -197,10 +200,18 @@ class KeySet:
 
     # -- reads -------------------------------------------------------------------------
     def held(self) -> list[KeyRecord]:
-        return self._records.all()
+        cache = self._cache
+        if cache is None:
+            cache = self.reload()
+        return list(cache)
 
     def get(self, key_id: str) -> KeyRecord | None:
-        return self._records.get(key_id)
+        return next((r for r in self.held() if r.key_id == key_id), None)
+
+    def reload(self) -> tuple[KeyRecord, ...]:
+        """Read the records from the store again (at start, and after every write)."""
+        self._cache = tuple(self._records.all())
+        return self._cache
 
     def active(self, now: datetime | None = None) -> list[KeyRecord]:
         return active_keys(self, now or self._clock())
@@ -220,16 +231,28 @@ class KeySet:
         now_ms = to_ms(now)
         policy = self.policy
         retention_ms = _ms(policy.retention)
-        destroyed = []
-        held = []
-        for record in self._records.all():
-            if now_ms >= record.expiration_ms + retention_ms:
-                self._records.destroy(record.key_id)
-                destroyed.append(record.key_id)
-            else:
-                held.append(record)
+        destroyed: list[str] = []
         created: list[str] = []
         shares: list[PeerShare] = []
+        try:
+            held = []
+            for record in self._records.all():
+                if now_ms >= record.expiration_ms + retention_ms:
+                    self._records.destroy(record.key_id)
+                    destroyed.append(record.key_id)
+                else:
+                    held.append(record)
+            self._make_successors(now_ms, held, created, shares)
+        finally:
+            self.reload()
+        if created or destroyed:
+            log.info("pakv rotation: created %s, destroyed %s", created, destroyed)
+        return RotationReport(tuple(created), tuple(destroyed), tuple(shares))
+
+    def _make_successors(
+        self, now_ms: int, held: list[KeyRecord], created: list[str], shares: list[PeerShare]
+    ) -> None:
+        policy = self.policy
         if self.makes_keys:
             lead_ms = _ms(policy.overlap) + _ms(policy.successor_lead)
             for slot in range(policy.active_count):
@@ -245,9 +268,6 @@ class KeySet:
                 created.append(record.key_id)
                 if share is not None:
                     shares.append(share)
-        if created or destroyed:
-            log.info("pakv rotation: created %s, destroyed %s", created, destroyed)
-        return RotationReport(tuple(created), tuple(destroyed), tuple(shares))
 
     def _make_key(
         self, slot: int, now_ms: int, activation_ms: int, held: list[KeyRecord]
@@ -308,7 +328,10 @@ class KeySet:
         if existing is not None:
             return existing
         record = self._wrapped(_replace(theirs, peer_kms_id=self.split.peer_kms_id), material)
-        self._records.add(record)
+        try:
+            self._records.add(record)
+        finally:
+            self.reload()
         return record
 
     def _wrapped(self, record: KeyRecord, private_bytes: bytes) -> KeyRecord:

@@ -208,11 +208,18 @@ class Session:
         return f"pakv-server:{self.claims.platform}:{self.claims.measurement.hex()[:32]}"
 
 
+NO_RELEASE_POLICY = "no K/V release policy is configured: no server may fetch private keys"
+
+
 @dataclass(frozen=True)
 class ReleasePolicy:
-    """Which attested servers may receive this key set's private halves."""
+    """Which attested servers may receive this key set's private halves.
 
-    policy: Policy
+    ``policy=None`` (no release policy in the configuration) fails closed: every session
+    is refused with 403, while the public keys are still served.
+    """
+
+    policy: Policy | None
     verifier: Verifier
 
 
@@ -401,6 +408,8 @@ class PakvService:
         )
 
     def _mismatches(self, claims: Claims, now: datetime) -> list[str]:
+        if self.release.policy is None:
+            return [NO_RELEASE_POLICY]
         try:
             self.release.policy.evaluate(claims, now)
         except PolicyViolation as exc:
