@@ -1,0 +1,206 @@
+"""Strict input models of the KMS HTTP API: JSON bodies and query strings into frozen values.
+
+A model is a frozen dataclass whose fields are typed with the few shapes the API uses
+(``str``, ``int``, ``bool``, ``float``, ``bytes`` (standard base64 on the wire), a
+``dict[str, str]`` context, ``list[str]``, ``list[bytes]``, a JSON object, each optionally
+``| None``). ``parse(Model, document)`` accepts exactly the declared fields: an unknown
+field, a missing required field, a wrong JSON type (``true`` for a number, ``1`` for a
+boolean, a number for a string), bad base64 or a value beyond a field's size are each a
+``BadInput`` naming the field. An object that exists is valid in form; the service checks
+meaning (key ids, levels, contexts) and audits.
+
+Must never: coerce a value into another type, accept a field it does not declare, or put
+a submitted value (which may be a plaintext) into an error message.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, ClassVar, TypeVar, Union
+
+T = TypeVar("T")
+
+MAX_STRING_CHARS = 64 * 1024
+MAX_LIST_ITEMS = 64
+
+
+class BadInput(Exception):
+    """The request is malformed (400) or too large (413). ``slug`` is the problem type."""
+
+    def __init__(self, detail: str, *, slug: str = "invalid-request", status: int = 400) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.slug = slug
+        self.status = status
+
+
+def decode_b64(value: object, name: str, *, limit: int | None = None) -> bytes:
+    """Standard base64 (padding required, no whitespace, no URL-safe alphabet)."""
+    if not isinstance(value, str):
+        raise BadInput(f"{name} must be a base64 string", slug="wrong-type")
+    try:
+        raw = base64.b64decode(value.encode("ascii"), validate=True)
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        raise BadInput(f"{name} is not valid base64", slug="invalid-base64") from None
+    if limit is not None and len(raw) > limit:
+        raise BadInput(f"{name} is larger than {limit} bytes", slug="too-large", status=413)
+    return raw
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _convert(value: Any, hint: Any, name: str, limits: Mapping[str, int]) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None:
+            if len(options) != len(typing.get_args(hint)):
+                return None
+            raise BadInput(f"{name} must not be null", slug="wrong-type")
+        return _convert(value, options[0], name, limits)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise BadInput(f"{name} must be a boolean, not {_json_type(value)}", slug="wrong-type")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise BadInput(f"{name} must be an integer, not {_json_type(value)}", slug="wrong-type")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise BadInput(f"{name} must be a number, not {_json_type(value)}", slug="wrong-type")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise BadInput(f"{name} must be a string, not {_json_type(value)}", slug="wrong-type")
+        if len(value) > limits.get(name, MAX_STRING_CHARS):
+            raise BadInput(f"{name} is too long", slug="too-large", status=413)
+        return value
+    if hint is bytes:
+        return decode_b64(value, name, limit=limits.get(name))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise BadInput(f"{name} must be an object, not {_json_type(value)}", slug="wrong-type")
+        key_hint, value_hint = typing.get_args(hint)
+        if key_hint is str and value_hint is str:
+            for item in value.values():
+                if not isinstance(item, str):
+                    raise BadInput(f"{name} values must be strings", slug="wrong-type")
+        return dict(value)
+    if origin is list:
+        if not isinstance(value, list):
+            raise BadInput(f"{name} must be an array, not {_json_type(value)}", slug="wrong-type")
+        if len(value) > limits.get(name + "[]", MAX_LIST_ITEMS):
+            raise BadInput(f"{name} has too many items", slug="too-large", status=413)
+        (item_hint,) = typing.get_args(hint)
+        return [_convert(v, item_hint, f"{name}[{i}]", limits) for i, v in enumerate(value)]
+    raise TypeError(f"unsupported field type {hint!r} for {name}")  # a programming error
+
+
+class Model:
+    """Base of the input models (a marker plus per-model limits)."""
+
+    # Field name -> byte limit (bytes fields) or character limit (str fields);
+    # "<field>[]" -> item limit of a list field.
+    LIMITS: ClassVar[Mapping[str, int]] = {}
+
+
+M = TypeVar("M", bound=Model)
+
+
+def parse(model: type[M], document: object) -> M:
+    """``model`` from a decoded JSON object, strictly (see the module docstring)."""
+    if not isinstance(document, dict):
+        raise BadInput(f"the body must be a JSON object, not {_json_type(document)}")
+    fields = {f.name: f for f in dataclasses.fields(model)}  # type: ignore[arg-type]
+    unknown = sorted(set(document) - set(fields))
+    if unknown:
+        names = ", ".join(repr(u)[:64] for u in unknown[:5])
+        raise BadInput(f"unknown field(s): {names}", slug="unknown-field")
+    hints = typing.get_type_hints(model)
+    values: dict[str, Any] = {}
+    for name, spec in fields.items():
+        if name not in document:
+            required = (
+                spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING
+            )
+            if required:
+                raise BadInput(f"{name} is required", slug="missing-field")
+            continue
+        values[name] = _convert(document[name], hints[name], name, model.LIMITS)
+    return model(**values)
+
+
+def parse_json(body: bytes) -> object:
+    """Decode a request body as JSON (UTF-8, no NaN/Infinity); ``BadInput`` otherwise."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadInput("the body is not UTF-8", slug="malformed-json") from None
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except ValueError as exc:
+        raise BadInput(
+            f"the body is not valid JSON: {exc.args[0][:80]}", slug="malformed-json"
+        ) from None
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_query_int(
+    query: Mapping[str, str], name: str, default: int, *, low: int, high: int
+) -> int:
+    text = query.get(name)
+    if text is None:
+        return default
+    if not text.isascii() or not text.isdigit() or len(text) > 12:
+        raise BadInput(f"{name} must be a non-negative integer", slug="wrong-type")
+    value = int(text)
+    if not low <= value <= high:
+        raise BadInput(f"{name} must be {low}..{high}")
+    return value
+
+
+def parse_query_float(
+    query: Mapping[str, str], name: str, default: float, *, low: float, high: float
+) -> float:
+    text = query.get(name)
+    if text is None:
+        return default
+    try:
+        value = float(text) if len(text) <= 16 else float("nan")
+    except ValueError:
+        raise BadInput(f"{name} must be a number of seconds", slug="wrong-type") from None
+    if not low <= value <= high:  # also refuses NaN
+        raise BadInput(f"{name} must be {low:g}..{high:g} seconds")
+    return value
+
+
+@typing.dataclass_transform(frozen_default=True, kw_only_default=True)
+def model(cls: type[T]) -> type[T]:
+    """Declare a frozen, keyword-only input model."""
+    return dataclasses.dataclass(frozen=True, kw_only=True)(cls)

@@ -1,0 +1,160 @@
+"""The KMS API feature: ``KmsService`` on the bootstrapped runtime, served over HTTP.
+
+``install(app)`` adds the API middleware (inside the problem middleware, so every answer is
+problem+json), the declared routes of ``enclave.api.routes`` and a ``cleanup_ctx`` that,
+once the runtime and the attested TLS identity exist:
+
+1. builds the ``KmsService`` on the runtime's hierarchy, audit log, clock and entropy and
+   on the runtime's ``SqliteStore`` (the synchronous ``Store`` the service is written
+   for; see ``_service_store``), with a ``Verifier`` whose roots are the platform's
+   (production) or the fake hardware's (simulation; accepted only by policies that name
+   simulated roots);
+2. registers the admins of the *attested* launch configuration (``quorum.admins``) as
+   system administrators (level 4) when they are not yet principals: the first through
+   ``bootstrap_admin`` while no principal exists, each audited;
+3. makes the ``TokenAuthenticator`` (audience = ``kms_id``, ``cnf`` = the attested TLS
+   SPKI) and the workload sessions, and puts the ``ApiState`` on the app.
+
+Must never: take an administrator from anything but the attested launch configuration, or
+serve the API before the service has started.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from aiohttp import web
+
+from enclave.api.auth import API_STATE, ApiState, Declaration, WorkloadSessions, api_middleware
+from enclave.api.routes import PREFIXES, api
+from enclave.app import CONFIG, RUNTIME, TLS_IDENTITY
+from enclave.auth.principals import Level
+from enclave.auth.tokens import TokenAuthenticator, spki_thumbprint
+from enclave.config import EnclaveConfig
+from enclave.kms.guard import AuditNote
+from enclave.kms.service import KmsConfig, KmsService
+from enclave.runtime import KmsRuntime
+from enclave.storage.store import Store
+from verifier.policy import Policy
+from verifier.roots import TrustRoots
+from verifier.verify import Verifier
+
+log = logging.getLogger("enclave.features.kms_api")
+
+# JSON bodies: a 1 MiB cap (plaintexts and messages travel as base64 inside it).
+MAX_JSON_BODY_BYTES = 1024 * 1024
+DECLARATIONS = web.AppKey("kms_api_declarations", dict)
+KMS_SERVICE = web.AppKey("kms_service", KmsService)
+
+
+def install(app: web.Application) -> None:
+    declarations: dict[Callable[..., Any], Declaration] = {}
+    app[DECLARATIONS] = declarations
+    app.middlewares.append(api_middleware)
+    api.install(app, declarations)
+    app.cleanup_ctx.append(_serve_kms)
+
+
+def _verifier(config: EnclaveConfig) -> tuple[Verifier, Policy]:
+    if config.attestation == "hardware":
+        return Verifier(TrustRoots.production()), Policy()
+    from enclave.attestation.providers import simulated_device
+
+    device = simulated_device(config.platform, config.hardware_dir)
+    roots = TrustRoots.from_pem(
+        {config.platform: device.roots_pem()}, simulated=True, label="kms-sim"
+    )
+    # Simulation: workloads attest with the same fake hardware (debug still refused).
+    return Verifier(roots), Policy(allow_simulated=True)
+
+
+def _service_store(runtime: KmsRuntime) -> Store:
+    """The service's synchronous ``Store``: the runtime's ``SqliteStore`` itself.
+
+    ``SqliteStore`` is thread-safe (one lock), so the service may call it from the event
+    loop while the ``AsyncStore`` worker thread uses it too. Reads (the whole crypto path)
+    are an index look-up plus one SQLite row: tens of microseconds, cheaper than a thread
+    hop. Writes (lifecycle, grants, principals: rare) block the loop for one commit (WAL
+    fsync + HSM counter advance, about 1-3 ms on this machine, measured by
+    bench/bench_kms_api.py's "lifecycle" row); moving them off the loop would need the
+    service's asyncio primitives on another loop.
+    """
+    return runtime.store.store
+
+
+async def _register_admins(kms: KmsService, runtime: KmsRuntime) -> None:
+    from enclave.governance.errors import GovernanceConfigError
+    from enclave.governance.quorum import QuorumConfig
+
+    try:
+        admins = QuorumConfig.from_launch_config(runtime.policy.launch_config).admins
+    except GovernanceConfigError as exc:
+        log.warning("no administrator in the launch configuration: %s", exc)
+        return
+    directory = kms.principal_directory
+    known = {p.public_key for p in directory.all() if p.public_key is not None}
+    for admin in admins:
+        if admin.public_key in known:
+            continue
+        if not directory.all():
+            principal = await kms.bootstrap_admin(admin.name, admin.public_key)
+        else:
+            principal = await _add_admin(kms, admin.name, admin.public_key, runtime)
+        known.add(admin.public_key)
+        log.info("administrator %s registered as %s (attested launch config)",
+                 admin.name, principal.id)  # fmt: skip
+
+
+async def _add_admin(kms: KmsService, name: str, public_key: bytes, runtime: KmsRuntime) -> Any:
+    from enclave.auth.principals import Principal, new_principal_id
+
+    note = AuditNote(details={"name": name, "source": "launch-config"})
+
+    async def body(note: AuditNote) -> Principal:
+        principal = Principal(
+            id=new_principal_id(), name=name, kind="admin", public_key=public_key,
+            system_level=Level.SYSTEM_ADMIN, created_at=runtime.clock(),
+        )  # fmt: skip
+        kms.principal_directory.create(principal)
+        note.details["principal_id"] = principal.id
+        return principal
+
+    return await kms.guard.execute("principals.bootstrap_admin", "kms", body, note,
+                                   outcome="event")  # fmt: skip
+
+
+async def _serve_kms(app: web.Application) -> AsyncIterator[None]:
+    runtime = app[RUNTIME]
+    identity = app[TLS_IDENTITY]
+    verifier, workload_policy = _verifier(app[CONFIG])
+    forget: list[Callable[[str], None]] = []
+
+    def principal_changed(principal_id: str) -> None:
+        for callback in forget:
+            callback(principal_id)
+
+    kms = KmsService(
+        hierarchy=runtime.hierarchy, store=_service_store(runtime), audit=runtime.audit,
+        verifier=verifier, clock=runtime.clock, entropy=runtime.entropy,
+        config=KmsConfig(workload_policy=workload_policy), on_principal_change=principal_changed,
+    )  # fmt: skip
+    await kms.start()
+    await _register_admins(kms, runtime)
+    authenticator = TokenAuthenticator(
+        audience=runtime.kms_id, tls_spki_der=identity.spki_der,
+        principals=kms.principal_directory,
+    )  # fmt: skip
+    forget.append(authenticator.forget_principal)
+    app[KMS_SERVICE] = kms
+    app[API_STATE] = ApiState(
+        kms=kms, audit=runtime.audit, authenticator=authenticator,
+        sessions=WorkloadSessions(audience=runtime.kms_id, tls_spki_der=identity.spki_der,
+                                  clock=time.time),
+        principals=kms.principal_directory, kms_id=runtime.kms_id,
+        tls_spki_sha256=spki_thumbprint(identity.spki_der), body_limit=MAX_JSON_BODY_BYTES,
+        declarations=app[DECLARATIONS], prefixes=PREFIXES,
+    )  # fmt: skip
+    yield
