@@ -112,9 +112,7 @@ async def _pakv_context(app: web.Application) -> AsyncIterator[None]:
     platform = policy.platform if policy is not None and policy.platform else config.platform
     roots = await asyncio.to_thread(trust_roots, config, platform)
     wrapping_key = await open_wrapping_key(runtime)
-    keys = KeySet(
-        runtime.store.store, wrapping_key, kms_id=runtime.kms_id, clock=runtime.clock
-    )
+    keys = KeySet(runtime.store.store, wrapping_key, kms_id=runtime.kms_id, clock=runtime.clock)
     del wrapping_key
     report = await rotate(keys, runtime, runtime.clock())
     identity = runtime.identity

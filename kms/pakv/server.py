@@ -253,6 +253,27 @@ class PakvKeyFetcher:
         return out
 
 
+def pinned_tls_context(certificate_der: bytes) -> ssl.SSLContext:
+    """A client context that trusts exactly one certificate: the KMS's attested TLS
+    certificate, as ``kms attest`` (``kms.client``) proved it on the main listener. The
+    h2 listener serves the same in-enclave identity, so pinning it there is the hand-off
+    from attestation to HTTP/2 (the certificate names no host: hostname checks are off,
+    the pin replaces them)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    pem = x509.load_der_x509_certificate(certificate_der).public_bytes(serialization.Encoding.PEM)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_REQUIRED
+    # The pinned certificate is a self-signed leaf: trust it as an anchor on its own.
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    context.load_verify_locations(cadata=pem.decode("ascii"))
+    context.set_alpn_protocols(["h2"])
+    return context
+
+
 def _raise_for(response: httpx.Response) -> None:
     if response.status_code == 200:
         return
