@@ -7,6 +7,7 @@ import contextlib
 import datetime as dt
 import ipaddress
 import json
+import os
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from enclave.attestation.simulated.snp import SimulatedSnp
 from enclave.audit.log import AuditLog
 from enclave.audit.sink import FileAuditSink
 from enclave.storage.records import Record, RecordRef
+from enclave.storage.sqlite import SqliteStore
+from tests.storage.file_counter import FileCounter
 from verifier.roots import TrustRoots
 from verifier.verify import Verifier
 
@@ -33,7 +36,8 @@ START = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
 
 
 class MemoryStore:
-    """The Store protocol in memory (tests only; the SQLite store is another engineer's)."""
+    """The Store protocol in memory, for tests of logic only; tests of persistence use the
+    real ``SqliteStore`` (``sqlite_store``), as the enclave does."""
 
     def __init__(self) -> None:
         self.rows: dict[tuple[str, str], tuple[int, bytes]] = {}
@@ -98,6 +102,29 @@ def clock() -> Clock:
 @pytest.fixture
 def store() -> MemoryStore:
     return MemoryStore()
+
+
+@dataclass
+class SqliteFixture:
+    """A real ``SqliteStore`` (AEAD records, counter-bound head) that tests can reopen."""
+
+    path: Path
+    key: bytes
+    counter: FileCounter
+    store: SqliteStore
+
+    def reopen(self) -> SqliteStore:
+        self.store.close()
+        self.store = SqliteStore.open(self.path, self.key, self.counter)
+        return self.store
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[SqliteFixture]:
+    path, key, counter = tmp_path / "kms.db", os.urandom(32), FileCounter(tmp_path / "counter")
+    fixture = SqliteFixture(path, key, counter, SqliteStore.open(path, key, counter, create=True))
+    yield fixture
+    fixture.store.close()
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import os
 
@@ -17,12 +18,13 @@ from enclave.pakv.keyset import (
     to_ms,
 )
 from enclave.pakv.store import KEYS_KIND, KeyRecord
-from tests.pakv.conftest import Clock, MemoryStore
+from enclave.storage.store import Store
+from tests.pakv.conftest import Clock, MemoryStore, SqliteFixture
 
 WINDOW = dt.timedelta(days=45)
 
 
-def make(store: MemoryStore, clock: Clock, **policy: object) -> KeySet:
+def make(store: Store, clock: Clock, **policy: object) -> KeySet:
     return KeySet(
         store, os.urandom(32), kms_id="kms-a", clock=clock, policy=RotationPolicy(**policy)
     )  # type: ignore[arg-type]
@@ -105,26 +107,39 @@ def test_successor_is_made_early_and_activates_a_day_before_expiry(
     assert [r.key_id for r in keys.active(clock.now)] == [successor_id]
 
 
-def test_private_halves_are_wrapped_in_the_store(store: MemoryStore, clock: Clock) -> None:
+def test_private_halves_are_wrapped_in_the_store(sqlite_store: SqliteFixture, clock: Clock) -> None:
+    store = sqlite_store.store
     keys = make(store, clock, active_count=2)
     keys.run_rotation(clock.now)
+    disk = b"".join(p.read_bytes() for p in sqlite_store.path.parent.glob("kms.db*"))
     for record in keys.held():
         private = keys.material(record)
         assert len(private) == 32
-        stored = store.rows[(KEYS_KIND, record.key_id)][1]
-        assert private not in stored
-        assert private.hex().encode() not in stored
-        import base64
+        stored = store.get(KEYS_KIND, record.key_id)
+        assert stored is not None  # the record as the store decrypts it: still wrapped
+        for form in (private, private.hex().encode(), base64.b64encode(private)):
+            assert form not in stored.value
+            assert form not in disk
 
-        assert base64.b64encode(private) not in stored
 
-
-def test_another_wrapping_key_cannot_unwrap(store: MemoryStore, clock: Clock) -> None:
-    make(store, clock, active_count=1).run_rotation(clock.now)
-    other = KeySet(store, os.urandom(32), kms_id="kms-a", clock=clock)
+def test_another_wrapping_key_cannot_unwrap(sqlite_store: SqliteFixture, clock: Clock) -> None:
+    make(sqlite_store.store, clock, active_count=1).run_rotation(clock.now)
+    other = KeySet(sqlite_store.store, os.urandom(32), kms_id="kms-a", clock=clock)
     (record,) = other.held()
     with pytest.raises(UnwrapError):
         other.material(record)
+
+
+def test_the_key_set_survives_reopening_the_store(
+    sqlite_store: SqliteFixture, clock: Clock
+) -> None:
+    wrapping = os.urandom(32)
+    keys = KeySet(sqlite_store.store, wrapping, kms_id="kms-a", clock=clock)
+    keys.run_rotation(clock.now)
+    before = {r.key_id: keys.material(r) for r in keys.held()}
+    again = KeySet(sqlite_store.reopen(), wrapping, kms_id="kms-a", clock=clock)
+    assert {r.key_id: again.material(r) for r in again.held()} == before
+    assert again.run_rotation(clock.now).created == ()  # nothing due: nothing made twice
 
 
 def test_missed_runs_still_leave_keys(store: MemoryStore, clock: Clock) -> None:
@@ -136,13 +151,28 @@ def test_missed_runs_still_leave_keys(store: MemoryStore, clock: Clock) -> None:
     assert len(keys.active(clock.now)) == 5
 
 
-def test_counter_is_never_reused_after_destruction(store: MemoryStore, clock: Clock) -> None:
-    keys = make(store, clock, active_count=1)
+def test_counter_is_never_reused_after_destruction(
+    sqlite_store: SqliteFixture, clock: Clock
+) -> None:
+    wrapping = os.urandom(32)
+    keys = KeySet(
+        sqlite_store.store, wrapping, kms_id="kms-a", clock=clock,
+        policy=RotationPolicy(active_count=1),
+    )  # fmt: skip
     keys.run_rotation(clock.now)
     clock.advance(days=200)
     report = keys.run_rotation(clock.now)
     assert report.destroyed == ("8000000000000000",)
     assert report.created == ("4000000000000000",)
+    # After a restart too: the counter is in the store, not in this object.
+    clock.advance(days=200)
+    again = KeySet(
+        sqlite_store.reopen(), wrapping, kms_id="kms-a", clock=clock,
+        policy=RotationPolicy(active_count=1),
+    )  # fmt: skip
+    report = again.run_rotation(clock.now)
+    assert report.destroyed == ("4000000000000000",)
+    assert report.created == ("C000000000000000",)
 
 
 @pytest.mark.parametrize(
