@@ -34,7 +34,9 @@ class CommandContext:
 
 
 def _modules() -> tuple[ModuleType, ...]:
-    return ()
+    from kms.commands import audit, report
+
+    return (audit, report)
 
 
 COMMAND_MODULES: tuple[ModuleType, ...] = _modules()
