@@ -10,12 +10,19 @@
 4. A simulated attested K/V server attests (challenge -> evidence -> session), fetches its
    private keys over HTTP/2, decrypts the request and encrypts the answer.
 5. The client decrypts the answer. Every fetch is in the audit trail printed at the end.
+
+Against a running simulated stack (``kms-sim up --state DIR``), the same steps through the
+host proxy to the enclave, with the sim's fake hardware playing the attested K/V server::
+
+    .venv/bin/python examples/pakv_demo.py --state DIR
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from enclave.attestation.launch import LaunchIdentity
 from enclave.attestation.simulated.snp import SimulatedSnp
+from enclave.pakv.formats import PUBLIC_KEYS_PATH, SIGNED_PUBLIC_KEYS_PATH, SignedPublicKeys
 from enclave.pakv.h2server import H2Server
 from enclave.pakv.http import create_pakv_app
 from enclave.pakv.keyset import KeySet
@@ -131,5 +139,48 @@ async def main() -> None:
         print(f"  {record['operation']:26} {record['outcome']:8} {record['principal']}")
 
 
+async def against_sim(state: Path) -> None:
+    """The browser client and the K/V server against ``kms-sim up --state STATE``."""
+    from kms.client import AsyncKmsClient
+    from kms.pakv.server import pinned_tls_context
+    from kms.pakv.simulated import kv_server_evidence_provider
+    from kms.profile import Profile
+
+    pakv = json.loads((state / "pakv.json").read_text())
+    async with AsyncKmsClient(Profile.load(state / "client.toml")) as kms:
+        attested = await kms.attest()  # the enclave's TLS certificate, proven by evidence
+    print(f"attested the KMS: measurement {attested.measurement[:32]}...")
+    base = pakv["public_keys"].removesuffix(PUBLIC_KEYS_PATH)
+    https = pinned_tls_context(attested.certificate_der, alpn=("http/1.1",))
+    async with aiohttp.ClientSession() as session:
+        async with session.get(base + SIGNED_PUBLIC_KEYS_PATH, ssl=https) as response:
+            signed = SignedPublicKeys.from_body(await response.read())
+        answer = await fetch_public_keys(
+            session, base, identity_public_key=signed.signing_key, ssl_context=https
+        )
+    print(f"public keys of {signed.kms_id} (max-age {answer.max_age}s, signature ok):")
+    for entry in answer.keys.keys:
+        print(f"  {entry.id}  ohttp id {int(entry.id[:2], 16):3d}")
+    key = choose_key(answer.keys)
+    encapsulated, client_context = encrypt_request(key, b'{"keys": ["hi"]}')
+    for url, context in (
+        (pakv["h2"], pinned_tls_context(attested.certificate_der)),
+        (pakv["h2c"], None),
+    ):
+        endpoint = KmsEndpoint(url, signed.kms_id, signed.signing_key, context)
+        fetcher = PakvKeyFetcher([endpoint], kv_server_evidence_provider(state))
+        fetched = await fetcher.refresh()
+        print(f"K/V server at {url}: {len(fetched)} keys over {fetcher.last_transports}")
+        request, server_context = fetcher.decrypt_request(encapsulated)
+        reply = server_context.encapsulate_response(b'{"hi": "Hello, world!"}')
+        print(
+            f"  decrypted {request!r}; client read {client_context.decapsulate_response(reply)!r}"
+        )
+    print(f"audit log: {state / 'audit' / 'audit.log'}")
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    if len(sys.argv) == 3 and sys.argv[1] == "--state":
+        asyncio.run(against_sim(Path(sys.argv[2])))
+    else:
+        asyncio.run(main())

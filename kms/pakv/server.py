@@ -253,7 +253,7 @@ class PakvKeyFetcher:
         return out
 
 
-def pinned_tls_context(certificate_der: bytes) -> ssl.SSLContext:
+def pinned_tls_context(certificate_der: bytes, *, alpn: Sequence[str] = ("h2",)) -> ssl.SSLContext:
     """A client context that trusts exactly one certificate: the KMS's attested TLS
     certificate, as ``kms attest`` (``kms.client``) proved it on the main listener. The
     h2 listener serves the same in-enclave identity, so pinning it there is the hand-off
@@ -270,7 +270,7 @@ def pinned_tls_context(certificate_der: bytes) -> ssl.SSLContext:
     # The pinned certificate is a self-signed leaf: trust it as an anchor on its own.
     context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     context.load_verify_locations(cadata=pem.decode("ascii"))
-    context.set_alpn_protocols(["h2"])
+    context.set_alpn_protocols(list(alpn))
     return context
 
 
