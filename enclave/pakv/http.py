@@ -29,7 +29,7 @@ def pakv_routes(service: PakvService | None = None) -> list[web.RouteDef]:
     which a ``cleanup_ctx`` entry sets once the KMS runtime exists (503 before)."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        current = service or request.app.get(PAKV_SERVICE)
+        current = service if service is not None else request.app.get(PAKV_SERVICE)
         if current is None:
             raise NotReady("the K/V key service is not started")
         return await _answer(current, request)
