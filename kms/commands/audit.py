@@ -17,7 +17,6 @@ reordered or inserted record is named by its sequence number.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import dataclasses
 import json
@@ -86,7 +85,7 @@ def _export(ctx: CommandContext) -> int:
     if not ctx.profile_path:
         raise ProfileError("no profile: give --profile FILE (or set $KMS_PROFILE)")
     profile = Profile.load(ctx.profile_path)
-    data = asyncio.run(_download(profile))
+    data = _download(profile)
     out: Path = ctx.args.out
     lines = data.splitlines(keepends=True)
     try:
@@ -120,20 +119,10 @@ def _export(ctx: CommandContext) -> int:
     return EXIT_OK if outcome.intact else EXIT_BROKEN
 
 
-async def _download(profile: Profile) -> bytes:
-    from kms.client import AsyncKmsClient
+def _download(profile: Profile) -> bytes:
+    from kms.credentials import SyncAuthorizedClient
 
     # An audit log is larger than an API answer: raise the answer cap for this request.
     settings = dataclasses.replace(profile.client, max_answer_bytes=MAX_EXPORT_ANSWER_BYTES)
-    async with AsyncKmsClient(dataclasses.replace(profile, client=settings)) as client:
-        headers = await authorization(client)
-        response = await client.request("GET", EXPORT_PATH, headers=headers)
-        return response.body
-
-
-async def authorization(client: object) -> dict[str, str]:
-    """The ``Authorization`` header for an authenticated request (the profile's
-    credentials, through ``kms.credentials``)."""
-    from kms import credentials
-
-    return await credentials.authorization_headers(client)  # type: ignore[attr-defined,no-any-return]
+    with SyncAuthorizedClient(dataclasses.replace(profile, client=settings)) as client:
+        return client.request("GET", EXPORT_PATH).body

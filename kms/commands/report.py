@@ -6,15 +6,13 @@ self-contained HTML page with inline SVG charts (no script, nothing loaded)."""
 from __future__ import annotations
 
 import argparse
-import asyncio
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 from kms.commands import CommandContext
-from kms.commands.audit import authorization
+from kms.credentials import write_binary
 from kms.errors import KmsError, ProfileError
 from kms.profile import Profile
 from kms.report import FORMATS, ReportFormatError, render_report
@@ -57,7 +55,7 @@ def _report(ctx: CommandContext) -> int:
     if not ctx.profile_path:
         raise ProfileError("no profile: give --profile FILE (or set $KMS_PROFILE)")
     profile = Profile.load(ctx.profile_path)
-    document = asyncio.run(_fetch(profile, _query(ctx.args.start, ctx.args.end)))
+    document = _fetch(profile, _query(ctx.args.start, ctx.args.end))
     try:
         rendered = render_report(document, ctx.args.format)
     except ReportFormatError as exc:
@@ -65,17 +63,13 @@ def _report(ctx: CommandContext) -> int:
     if ctx.args.out is not None:
         ctx.args.out.write_bytes(rendered)
         print(f"report written to {ctx.args.out}", file=ctx.stderr)
-    elif ctx.stdout is sys.stdout:
-        sys.stdout.buffer.write(rendered)
-        sys.stdout.flush()
     else:
-        ctx.stdout.write(rendered.decode("utf-8"))
+        write_binary(ctx, rendered)
     return 0
 
 
-async def _fetch(profile: Profile, path: str) -> Any:
-    from kms.client import AsyncKmsClient
+def _fetch(profile: Profile, path: str) -> Any:
+    from kms.credentials import SyncAuthorizedClient
 
-    async with AsyncKmsClient(profile) as client:
-        response = await client.request("GET", path, headers=await authorization(client))
-        return response.json()
+    with SyncAuthorizedClient(profile) as client:
+        return client.get(path)
