@@ -168,7 +168,8 @@ def _features() -> tuple[Callable[[web.Application], None], ...]:
     """The features served on top of the runtime. Each ``install(app)`` adds its routes,
     middlewares and ``cleanup_ctx`` entries (which run after the runtime's, so
     ``app[RUNTIME]`` is there) and reaches the services through ``app[RUNTIME]``."""
-    from enclave.features import kms_api, monitoring, pakv
+    from enclave.features import governance, kms_api, monitoring, pakv
 
-    # monitoring last: its audit middleware must wrap every other feature's.
-    return (pakv.install, kms_api.install, monitoring.install)
+    # monitoring last: its audit middleware must wrap every other feature's. governance
+    # after kms_api: it authenticates with the API's tokens and acts through its service.
+    return (pakv.install, kms_api.install, governance.install, monitoring.install)

@@ -101,6 +101,7 @@ _INTEGRITY_LABEL = b"enclave-kms/backup-integrity/v1\x00"
 _SIGNATURE_LABEL = b"enclave-kms/backup-signature/v1\x00"
 _ENC_INFO = b"enclave-kms/backup-encryption-key/v1"
 _DIGEST_INFO = b"enclave-kms/backup-record-digest-key/v1"
+_TRANSPORT_INFO = b"enclave-kms/backup-kek-transport-key/v1"
 _BUNDLE_KEYS = frozenset(
     {"format", "manifest", "nonce", "ciphertext", "shares", "integrity", "signature"}
 )
@@ -163,9 +164,35 @@ class BackupKey:
     def encryption_key(self) -> bytes:
         return self._derive(_ENC_INFO)
 
+    def transport_key(self) -> bytes:
+        """The AES-256 key the KEKs travel under in this bundle (imported into the HSM as
+        a wrapping key at export and at restore; see ``enclave.backup.state``)."""
+        return self._derive(_TRANSPORT_INFO)
+
     def record_digest(self, kind: str, record_id: str, value: bytes) -> bytes:
         message = _lp(kind.encode()) + _lp(record_id.encode()) + _lp(value)
         return hmac.new(self._derive(_DIGEST_INFO), message, hashlib.sha256).digest()
+
+
+@dataclass(frozen=True)
+class PreparedBackup:
+    """A backup id, its fresh quorum-split key and the custodians' encrypted shares, made
+    before the records are gathered (the KEKs are re-wrapped under the key's transport
+    key first). Pass it to ``create_bundle(prepared=...)``; use it for one bundle only."""
+
+    backup_id: str
+    custodians: QuorumPolicy
+    quorum_id: bytes
+    shares: tuple[EncryptedShare, ...] = field(repr=False)
+    backup_key: BackupKey = field(repr=False)
+
+
+def prepare_backup(custodians: QuorumPolicy) -> PreparedBackup:
+    """A fresh backup key for one bundle, split M-of-N among ``custodians``."""
+    backup_id = "bak_" + secrets.token_hex(16)
+    provider, encrypted = create_quorum(custodians)
+    key = _backup_key(provider, backup_id)
+    return PreparedBackup(backup_id, custodians, provider.quorum_id, tuple(encrypted), key)
 
 
 @dataclass(frozen=True)
@@ -270,14 +297,16 @@ def signature_message(integrity: bytes) -> bytes:
 def create_bundle(
     records: Iterable[RecordLike | tuple[str, str, bytes]],
     *,
-    custodians: QuorumPolicy,
+    custodians: QuorumPolicy | None = None,
     kms_identity: str,
     measurement: bytes,
     sign: Signer,
     created_at: datetime,
     audit_head: AuditHead | None = None,
+    prepared: PreparedBackup | None = None,
 ) -> CreatedBackup:
-    """Encrypt and sign ``records`` under a fresh backup key split among ``custodians``.
+    """Encrypt and sign ``records`` under a fresh backup key split among ``custodians``
+    (or under the key of ``prepared``, made earlier by ``prepare_backup``).
 
     ``sign`` is the KMS identity key's Ed25519 signing callable (the key never leaves
     it). ``created_at`` comes from the caller's (injected) clock.
@@ -286,9 +315,14 @@ def create_bundle(
     addresses = [(r.kind, r.id) for r in items]
     if len(set(addresses)) != len(addresses):
         raise ValueError("a record (kind, id) appears twice")
-    backup_id = "bak_" + secrets.token_hex(16)
-    provider, encrypted = create_quorum(custodians)
-    key = _backup_key(provider, backup_id)
+    if prepared is None:
+        if custodians is None:
+            raise ValueError("create_bundle needs custodians or a prepared backup")
+        prepared = prepare_backup(custodians)
+    elif custodians is not None and custodians != prepared.custodians:
+        raise ValueError("the prepared backup was made for other custodians")
+    custodians = prepared.custodians
+    backup_id, key, encrypted = prepared.backup_id, prepared.backup_key, prepared.shares
     payload = cbor2.dumps([[r.kind, r.id, r.value] for r in items], canonical=True)
     manifest = Manifest(
         backup_id=backup_id,
@@ -301,7 +335,7 @@ def create_bundle(
         audit_head=audit_head,
         payload_bytes=len(payload),
         threshold=custodians.threshold,
-        quorum_id=provider.quorum_id,
+        quorum_id=prepared.quorum_id,
         custodians=tuple(
             CustodianEntry(s.custodian, s.custodian_key_id, s.index) for s in encrypted
         ),

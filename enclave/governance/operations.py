@@ -82,6 +82,7 @@ RELEASE_BACKUP_KEY = "backup.replicate"
 CHANGE_QUORUM = "quorum.change"
 CHANGE_ADMINS = "admins.change"
 CHANGE_REFERENCE_MEASUREMENTS = "measurements.change"
+EMERGENCY_COMPROMISE = "emergency.compromise"
 EMERGENCY_ROTATE = "emergency.rotate"
 EMERGENCY_ISOLATE = "emergency.isolate"
 EMERGENCY_DISABLE_KEY = "emergency.disable_key"
@@ -94,6 +95,7 @@ PRIVILEGED_OPERATIONS = frozenset(
         CHANGE_QUORUM,
         CHANGE_ADMINS,
         CHANGE_REFERENCE_MEASUREMENTS,
+        EMERGENCY_COMPROMISE,
         EMERGENCY_ROTATE,
         EMERGENCY_ISOLATE,
         EMERGENCY_DISABLE_KEY,

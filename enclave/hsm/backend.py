@@ -797,3 +797,74 @@ class HsmBackend:
         return self.run_on_token_blocking(
             "random", lambda st: bytes(st.session.generate_random(length * 8))
         )
+
+    # -- KEK export / import under a backup transport key (backup and restore) --------------
+
+    async def export_kek(self, kek: KekRef, transport_key: bytes) -> bytes:
+        """The KEK re-wrapped under ``transport_key`` (AES-256, CKM_AES_KEY_WRAP_PAD).
+
+        The KEK is unwrapped under the master key into an extractable, sensitive session
+        copy, wrapped with the transport key (imported into the HSM as a wrap-only session
+        object), and both session objects are destroyed: the KEK never leaves the HSM in
+        the clear. A backup carries this blob, so a restore into another token (whose
+        master key is another) can import it with ``import_kek``.
+        """
+        _check_transport_key(transport_key)
+
+        def op(st: TokenSession) -> bytes:
+            transport = _transport_object(st, transport_key)
+            try:
+                copy = st._unwrap(
+                    st.master_key(),
+                    ObjectClass.SECRET_KEY,
+                    KeyType.AES,
+                    kek.wrapped,
+                    {**_AES_WRAP_ONLY, Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: True},
+                )
+                return st.wrap_and_destroy(transport, copy)
+            finally:
+                _destroy_quietly(transport)
+
+        return await self.run_on_token("kek.export", op)
+
+    async def import_kek(self, transport_key: bytes, wrapped: bytes) -> bytes:
+        """A KEK exported by ``export_kek`` (on any token), re-wrapped under this token's
+        master key: the blob a ``KekRef`` of this token carries. Raises ``HsmUnwrapError``
+        when ``wrapped`` does not open under ``transport_key``."""
+        _check_transport_key(transport_key)
+
+        def op(st: TokenSession) -> bytes:
+            transport = _transport_object(st, transport_key)
+            try:
+                copy = st._unwrap(
+                    transport,
+                    ObjectClass.SECRET_KEY,
+                    KeyType.AES,
+                    wrapped,
+                    {**_AES_WRAP_ONLY, Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: True},
+                )
+                return st.wrap_and_destroy(st.master_key(), copy)
+            finally:
+                _destroy_quietly(transport)
+
+        return await self.run_on_token("kek.import", op)
+
+
+def _check_transport_key(transport_key: bytes) -> None:
+    if not isinstance(transport_key, bytes) or len(transport_key) != AES_KEY_BITS // 8:
+        raise ValueError("a backup transport key is 32 bytes (AES-256)")
+
+
+def _transport_object(st: TokenSession, transport_key: bytes) -> Any:
+    """The backup transport key as a wrap/unwrap-only, sensitive AES session object."""
+    return st.session.create_object(
+        {
+            **{k: v for k, v in _AES_WRAP_ONLY.items() if v is not DEFAULT},
+            Attribute.CLASS: ObjectClass.SECRET_KEY,
+            Attribute.KEY_TYPE: KeyType.AES,
+            Attribute.TOKEN: False,
+            Attribute.SENSITIVE: True,
+            Attribute.EXTRACTABLE: False,
+            Attribute.VALUE: transport_key,
+        }
+    )

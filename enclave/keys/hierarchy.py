@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
@@ -362,3 +362,27 @@ class KeyHierarchy:
             raise KeyStateError(f"KEK {kek.cache_id} is {kek.state.value}")
         return KekRef(kek.cache_id, kek.wrapped)
 
+    # -- backup transport (KEK export / import) ------------------------------------------------
+
+    async def export_kek_version(self, version: KeyVersion, transport_key: bytes) -> bytes:
+        """A KEK version's key re-wrapped under a backup transport key, in the HSM."""
+        if version.algorithm is not Algorithm.AES_256_KWP or not version.wrapped_by.is_master:
+            raise KeyPurposeError(f"{version.cache_id} is not a KEK")
+        return await self._backend.export_kek(
+            KekRef(version.cache_id, version.wrapped), transport_key
+        )
+
+    async def import_kek_version(
+        self, version: KeyVersion, transport_key: bytes, exported: bytes
+    ) -> KeyVersion:
+        """``version`` with its key taken from ``exported`` (``export_kek_version`` on any
+        token) and wrapped under this HSM's master key. Raises ``DecryptionFailed`` when the
+        blob does not open under the transport key."""
+        if version.algorithm is not Algorithm.AES_256_KWP or not version.wrapped_by.is_master:
+            raise KeyPurposeError(f"{version.cache_id} is not a KEK")
+        try:
+            wrapped = await self._backend.import_kek(transport_key, exported)
+        except HsmUnwrapError:
+            raise DecryptionFailed() from None
+        await self._backend.forget(version.cache_id)
+        return replace(version, wrapped=wrapped)
