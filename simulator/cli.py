@@ -75,6 +75,8 @@ async def up(state: Path, listen: str, platform: str, *, reset: bool = False) ->
         f"  K/V keys:    {stack.url}/.well-known/protected-auction/v1/public-keys\n"
         f"  K/V HTTP/2:  h2 {stack.pakv_urls.get('h2', '-')}  h2c {stack.pakv_urls.get('h2c', '-')}"
         f"  ({_relative(stack.state)}/pakv.json)\n"
+        f"  keys:        {_relative(kms)} --profile {profile} keys create --purpose encrypt --json"
+        "   (as the administrator: admin.key)\n"
         f"  logs:        {_relative(stack.state)}/enclave.log, verifier.log\n"
         "  stop:        Ctrl-C",
         flush=True,

@@ -15,7 +15,11 @@
   start; ``reset_kms=True`` (``kms-sim up --reset``) discards it first;
 * the untrusted host proxy (``host.HostProxy``) on the requested TCP address;
 * the client profiles ``STATE/client.toml`` (local verification) and
-  ``STATE/client-remote.toml`` (through the verifier endpoint).
+  ``STATE/client-remote.toml`` (through the verifier endpoint), whose ``[credentials]``
+  are the administrator's: an Ed25519 key made on the first start (``STATE/admin.key``,
+  mode 0600) whose public key is in the launch configuration's ``quorum.admins`` (so it
+  is attested), and which the KMS registers at boot as a level-4 principal under
+  ``enclave.features.kms_api.admin_principal_id(public key)``.
 
 It never trusts its own children: readiness is proven by a full client attestation through
 the proxy. ``stop()`` terminates the children, waits, kills stragglers, removes the socket.
@@ -50,6 +54,8 @@ log = logging.getLogger("simulator")
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 CLIENT_PROFILE = "client.toml"
+ADMIN_KEY_FILE = "admin.key"  # the administrator's private key, beside the profiles
+ADMIN_NAME = "admin"
 REMOTE_PROFILE = "client-remote.toml"
 PAKV_FILE = "pakv.json"  # where the K/V key service's URLs are recorded (docs/pakv.md)
 
@@ -91,6 +97,7 @@ class SimStack:
     _proxy: Any = field(default=None, repr=False)
     _drains: list[asyncio.Task[None]] = field(default_factory=list, repr=False)
     verifier_url: str = ""
+    admin_public_key: bytes = b""
     _pakv_proxies: list[Any] = field(default_factory=list, repr=False)
     pakv_urls: dict[str, str] = field(default_factory=dict)
 
@@ -112,6 +119,16 @@ class SimStack:
         return {"h2": self.state / "pakv-h2.sock", "h2c": self.state / "pakv-h2c.sock"}
 
     @property
+    def credentials(self) -> dict[str, str]:
+        """The profiles' ``[credentials]``: the launch configuration's administrator."""
+        from enclave.features.kms_api import admin_principal_id
+
+        return {
+            "principal": admin_principal_id(self.admin_public_key),
+            "private_key_file": ADMIN_KEY_FILE,
+        }
+
+    @property
     def enclave_pid(self) -> int | None:
         return self._enclave.pid if self._enclave else None
 
@@ -129,6 +146,11 @@ class SimStack:
         (roots_dir / SIMULATED_FILES[self.platform]).write_bytes(self.roots_pem)
         config = launch_config_for(self.platform)
         config["pakv"] = {"release_policy": pakv_release_policy(self.platform)}
+        # The administrator: its public key is attested (in the launch configuration).
+        self.admin_public_key = ensure_admin_key(self.state / ADMIN_KEY_FILE)
+        config["quorum"]["admins"] = [
+            {"name": ADMIN_NAME, "public_key": self.admin_public_key.hex()}
+        ]
         (self.state / "launch.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         self.launch_config = canonical_launch_config(config)
         key_dir = self.state / "verifier"
@@ -156,6 +178,7 @@ class SimStack:
             trust=TrustConfig("simulated", self.roots_pem),
             policy_document=policy,
             directory=self.state,
+            credentials=self.credentials,
         )
         local.write(self.profile_path)
         issuer = TokenIssuer.from_pem(
@@ -168,6 +191,7 @@ class SimStack:
             policy_document=policy,
             verifier=RemoteVerifier(self.verifier_url, issuer.jwks(), "kms-verifier"),
             directory=self.state,
+            credentials=self.credentials,
         )
         remote.write(self.remote_profile_path)
 
@@ -341,6 +365,28 @@ async def _drain(stream: asyncio.StreamReader) -> None:
     with contextlib.suppress(Exception):
         while await stream.read(4096):
             pass
+
+
+def ensure_admin_key(path: Path) -> bytes:
+    """The administrator's Ed25519 key (PKCS#8 PEM, mode 0600), made on the first start;
+    its raw public key."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    if not path.exists():
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(pem)
+    os.chmod(path, 0o600)
+    loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(loaded, Ed25519PrivateKey):
+        raise SimError(f"{path} is not an Ed25519 private key")
+    return loaded.public_key().public_bytes_raw()
 
 
 KMS_STATE_ENTRIES = (

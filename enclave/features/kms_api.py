@@ -10,8 +10,8 @@ once the runtime and the attested TLS identity exist:
    (production) or the fake hardware's (simulation; accepted only by policies that name
    simulated roots);
 2. registers the admins of the *attested* launch configuration (``quorum.admins``) as
-   system administrators (level 4) when they are not yet principals: the first through
-   ``bootstrap_admin`` while no principal exists, each audited;
+   system administrators (level 4) when they are not yet principals, each audited as
+   ``principals.bootstrap_admin``, under the id ``admin_principal_id(public key)``;
 3. makes the ``TokenAuthenticator`` (audience = ``kms_id``, ``cnf`` = the attested TLS
    SPKI) and the workload sessions, and puts the ``ApiState`` on the app.
 
@@ -21,6 +21,7 @@ serve the API before the service has started.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -31,10 +32,10 @@ from aiohttp import web
 from enclave.api.auth import API_STATE, ApiState, Declaration, WorkloadSessions, api_middleware
 from enclave.api.routes import PREFIXES, api
 from enclave.app import CONFIG, RUNTIME, TLS_IDENTITY
-from enclave.auth.principals import Level
+from enclave.auth.principals import Level, Principal
 from enclave.auth.tokens import TokenAuthenticator, spki_thumbprint
 from enclave.config import EnclaveConfig
-from enclave.kms.guard import AuditNote
+from enclave.kms.guard import SYSTEM_PRINCIPAL, AuditNote
 from enclave.kms.service import KmsConfig, KmsService
 from enclave.runtime import KmsRuntime
 from enclave.storage.store import Store
@@ -85,7 +86,19 @@ def _service_store(runtime: KmsRuntime) -> Store:
     return runtime.store.store
 
 
+ADMIN_ID_LABEL = b"kms-launch-admin-principal/v1\x00"
+
+
+def admin_principal_id(public_key: bytes) -> str:
+    """The principal id of a launch-configuration administrator: derived from its key, so
+    the operator who wrote the configuration (``kms-sim``) knows it before the first boot."""
+    return "prn_" + hashlib.sha256(ADMIN_ID_LABEL + public_key).hexdigest()[:24]
+
+
 async def _register_admins(kms: KmsService, runtime: KmsRuntime) -> None:
+    """Each admin of the attested launch configuration becomes a level-4 principal once
+    (audited as ``principals.bootstrap_admin``; the first one is the bootstrap admin of a
+    KMS with no principal yet)."""
     from enclave.governance.errors import GovernanceConfigError
     from enclave.governance.quorum import QuorumConfig
 
@@ -95,34 +108,30 @@ async def _register_admins(kms: KmsService, runtime: KmsRuntime) -> None:
         log.warning("no administrator in the launch configuration: %s", exc)
         return
     directory = kms.principal_directory
-    known = {p.public_key for p in directory.all() if p.public_key is not None}
     for admin in admins:
-        if admin.public_key in known:
+        principal_id = admin_principal_id(admin.public_key)
+        if directory.get(principal_id) is not None:
             continue
-        if not directory.all():
-            principal = await kms.bootstrap_admin(admin.name, admin.public_key)
-        else:
-            principal = await _add_admin(kms, admin.name, admin.public_key, runtime)
-        known.add(admin.public_key)
+        await _add_admin(kms, principal_id, admin.name, admin.public_key, runtime)
         log.info("administrator %s registered as %s (attested launch config)",
-                 admin.name, principal.id)  # fmt: skip
+                 admin.name, principal_id)  # fmt: skip
 
 
-async def _add_admin(kms: KmsService, name: str, public_key: bytes, runtime: KmsRuntime) -> Any:
-    from enclave.auth.principals import Principal, new_principal_id
-
-    note = AuditNote(details={"name": name, "source": "launch-config"})
+async def _add_admin(
+    kms: KmsService, principal_id: str, name: str, public_key: bytes, runtime: KmsRuntime
+) -> Principal:
+    note = AuditNote(details={"name": name, "principal_id": principal_id,
+                              "source": "launch-config"})  # fmt: skip
 
     async def body(note: AuditNote) -> Principal:
         principal = Principal(
-            id=new_principal_id(), name=name, kind="admin", public_key=public_key,
+            id=principal_id, name=name, kind="admin", public_key=public_key,
             system_level=Level.SYSTEM_ADMIN, created_at=runtime.clock(),
         )  # fmt: skip
         kms.principal_directory.create(principal)
-        note.details["principal_id"] = principal.id
         return principal
 
-    return await kms.guard.execute("principals.bootstrap_admin", "kms", body, note,
+    return await kms.guard.execute("principals.bootstrap_admin", SYSTEM_PRINCIPAL, body, note,
                                    outcome="event")  # fmt: skip
 
 

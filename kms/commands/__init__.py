@@ -34,9 +34,9 @@ class CommandContext:
 
 
 def _modules() -> tuple[ModuleType, ...]:
-    from kms.commands import audit, report
+    from kms.commands import audit, crypto, keys, principals, report
 
-    return (audit, report)
+    return (keys, crypto, principals, audit, report)
 
 
 COMMAND_MODULES: tuple[ModuleType, ...] = _modules()
