@@ -812,6 +812,9 @@ def _routes() -> list[web.AbstractRouteDef]:
     @routes.put("/v1/backup/restore/bundles/{backup_id}")
     @_guarded
     async def stage_bundle(request: web.Request) -> web.StreamResponse:
+        import base64
+        import binascii
+
         from enclave.api.routes import read_body
         from enclave.backup.bundle import Bundle
         from enclave.backup.manifest import Manifest
@@ -819,11 +822,13 @@ def _routes() -> list[web.AbstractRouteDef]:
         await _admin(request)
         feature = _feature(request)
         backup_id = request.match_info["backup_id"]
-        data = await read_body(request, MAX_BUNDLE_UPLOAD_BYTES)
+        body = await read_body(request, MAX_BUNDLE_UPLOAD_BYTES * 4 // 3 + 1024)
         try:
+            document = json.loads(body)
+            data = base64.b64decode(document["bundle"], validate=True)
             manifest = Manifest.from_bytes(Bundle.from_bytes(data).manifest_bytes)
-        except ValueError:
-            raise _BadRequest("the body is not a backup bundle") from None
+        except (ValueError, KeyError, TypeError, binascii.Error):
+            raise _BadRequest("the body is {bundle: base64 of a backup bundle}") from None
         if manifest.backup_id != backup_id:
             raise _BadRequest(f"the bundle is {manifest.backup_id}, not {backup_id}")
         await asyncio.to_thread(feature.staged.put_bundle, backup_id, data)

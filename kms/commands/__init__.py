@@ -34,9 +34,9 @@ class CommandContext:
 
 
 def _modules() -> tuple[ModuleType, ...]:
-    from kms.commands import audit, crypto, keys, principals, report
+    from kms.commands import audit, backup, crypto, emergency, governance, keys, principals, report
 
-    return (keys, crypto, principals, audit, report)
+    return (keys, crypto, principals, audit, report, governance, backup, emergency)
 
 
 COMMAND_MODULES: tuple[ModuleType, ...] = _modules()

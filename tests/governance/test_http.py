@@ -39,7 +39,9 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> SimulatedLaunch:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def kms(
-    shared_hsm: support.SharedHsm, template: SimulatedLaunch, tmp_path_factory: pytest.TempPathFactory
+    shared_hsm: support.SharedHsm,
+    template: SimulatedLaunch,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Kms]:
     state = tmp_path_factory.mktemp("gov") / "state"
     instance = await start_kms(template, state, shared_hsm.backend, Keys.generate())
@@ -144,13 +146,12 @@ async def test_a_caller_below_level_4_cannot_propose(kms: Kms, tmp_path: Path) -
 
     key = Ed25519PrivateKey.generate()
     public = key.public_key().public_bytes_raw()
-    challenge = base64.b64decode(
-        (await kms.ok("POST", "/v1/principals/challenge"))["challenge"]
-    )
+    challenge = base64.b64decode((await kms.ok("POST", "/v1/principals/challenge"))["challenge"])
     made = await kms.ok("POST", "/v1/principals", {
         "name": "svc", "kind": "service", "public_key": base64.b64encode(public).decode(),
         "challenge": base64.b64encode(challenge).decode(),
-        "proof": base64.b64encode(key.sign(identity_proof_message(challenge, public, "svc"))).decode(),
+        "proof": base64.b64encode(
+            key.sign(identity_proof_message(challenge, public, "svc"))).decode(),
         "system_level": 2,
     })  # fmt: skip
     status, problem = await kms.call(
