@@ -129,8 +129,10 @@ def _verify(ctx: CommandContext) -> int:
     valid = bool(result["valid"])
     if ctx.as_json:
         print_json(ctx, result)
-    else:
-        print("signature valid" if valid else "signature INVALID", file=ctx.stdout)
+    elif valid:
+        print("signature valid", file=ctx.stdout)
+    if not valid:
+        print("kms: the signature is not valid for this message and key", file=ctx.stderr)
     return 0 if valid else EXIT_INVALID_SIGNATURE
 
 
