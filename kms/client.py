@@ -214,10 +214,22 @@ async def _read_body(reader: asyncio.StreamReader, headers: Mapping[str, str], l
 
 
 async def _read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes:
-    body = await response.content.read(limit + 1)
-    if len(body) > limit:
-        raise TransportError(f"the answer is larger than {limit} bytes", endpoint=str(response.url))
-    return body
+    """The whole answer, read to its end, refusing one larger than ``limit`` bytes.
+
+    (``StreamReader.read(n)`` returns what is buffered, not n bytes: loop until EOF.)"""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await response.content.read(65536)
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > limit:
+            raise TransportError(
+                f"the answer is larger than {limit} bytes", endpoint=str(response.url)
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _server_error(

@@ -81,12 +81,6 @@ async def test_export_pins_the_key_and_verifies_offline(
     assert code == 1 and f"record {victim['seq']}:" in text, text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kms/client.py _read_limited does one StreamReader.read(): an answer larger than "
-    "what one read returns (the ~150 KB report) is truncated. Not in the monitoring paths; "
-    "fix: read until EOF (or content.read() with a length check).",
-)
 async def test_report_command_html_and_json(
     stack: tuple[InProcessEnclave, Path], tmp_path: Path
 ) -> None:
