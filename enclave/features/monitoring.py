@@ -529,9 +529,10 @@ def install(app: web.Application, options: MonitoringOptions | None = None) -> N
         keys=inventory.snapshot,
         alerts=alerts.recent,
         metrics=metrics,
-        kms_id="enclave-kms",
+        kms_id=lambda: _kms_id(app),
     )
     dashboard_sources = DashboardSources(
+        kms_id=lambda: _kms_id(app),
         keys=inventory.snapshot,
         alerts=alerts.recent,
         alert_counts=alerts.counts,
@@ -549,6 +550,11 @@ def install(app: web.Application, options: MonitoringOptions | None = None) -> N
     )
     app.add_routes(_audit_routes(monitoring))
     app.cleanup_ctx.append(_monitoring_context(monitoring))
+
+
+def _kms_id(app: web.Application) -> str:
+    runtime = app.get(RUNTIME)
+    return runtime.kms_id if runtime is not None else "enclave-kms"
 
 
 def _refreshing(

@@ -48,7 +48,7 @@ class DashboardSources:
     audit: Callable[[], AuditStats] | None = None
     hsm: Callable[[], Mapping[str, OperationSnapshot]] | None = None
     clock: Callable[[], datetime] = _utc_now
-    kms_id: str = "enclave-kms"
+    kms_id: Callable[[], str] = lambda: "enclave-kms"
     title: str = "Enclave KMS dashboard"
     refresh_seconds: int = 30
 
@@ -195,7 +195,7 @@ def build_dashboard(sources: DashboardSources) -> DashboardData:
     audit = sources.audit() if sources.audit else None
     return DashboardData(
         title=sources.title,
-        kms_id=sources.kms_id,
+        kms_id=sources.kms_id(),
         generated_at=iso(now),
         key_counts=count_states(keys),
         keys_total=len(keys),

@@ -65,7 +65,7 @@ class ReportSources:
     alerts: Callable[[], Sequence[Alert]]
     metrics: KmsMetrics | None = None
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
-    kms_id: str = "enclave-kms"
+    kms_id: Callable[[], str] = lambda: "enclave-kms"
 
 
 def _parse_time(request: web.Request, name: str, default: datetime) -> datetime:
@@ -123,7 +123,7 @@ def dashboard_routes(
                 report_sources.metrics,
                 start,
                 end,
-                kms_id=report_sources.kms_id,
+                kms_id=report_sources.kms_id(),
                 generated_at=now,
             )
             if fmt == "html":

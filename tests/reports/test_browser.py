@@ -86,7 +86,7 @@ async def base_url(world: World) -> AsyncIterator[str]:
             metrics=world.metrics,
             hsm=world.hsm.snapshot,
             clock=world.clock,
-            kms_id="kms-browser-test",
+            kms_id=lambda: "kms-browser-test",
         ),
         reports=ReportSources(
             records=world.records_between,
@@ -94,7 +94,7 @@ async def base_url(world: World) -> AsyncIterator[str]:
             alerts=world.alerts.recent,
             metrics=world.metrics,
             clock=world.clock,
-            kms_id="kms-browser-test",
+            kms_id=lambda: "kms-browser-test",
         ),
         require_admin=lambda request: None,  # the browser test is the admin
     )
