@@ -1,0 +1,187 @@
+"""Bad input and bad credentials: the right 4xx problem+json, an audit record, nothing changed."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, generate_private_key
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from tests.api.conftest import PROBLEM, Api, b64
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+def _slug(problem: object) -> str:
+    assert isinstance(problem, dict)
+    return str(problem["type"]).rsplit("/", 1)[-1]
+
+
+async def _expect(
+    api: Api, status: int, slug: str, method: str, path: str, body: object = None,
+    **kwargs: object,
+) -> None:  # fmt: skip
+    before = api.store_digest()
+    records = len(api.audit_records())
+    got, problem, ctype = await api.call(method, path, body, **kwargs)  # type: ignore[arg-type]
+    assert (got, ctype) == (status, PROBLEM), (got, problem)
+    assert _slug(problem) == slug, problem
+    assert isinstance(problem, dict) and problem["status"] == status and problem["title"]
+    assert api.store_digest() == before
+    new = api.audit_records()[records:]
+    assert new, "the refusal was not audited"
+    outcome = "denied" if status in (401, 403) else "invalid"
+    assert any(r.outcome == outcome for r in new), [(r.operation, r.outcome) for r in new]
+
+
+@pytest.fixture(scope="module")
+def key_holder() -> dict[str, str]:
+    return {}
+
+
+async def _key(api: Api, holder: dict[str, str]) -> str:
+    if "key" not in holder:
+        holder["key"] = await api.new_key()
+    return holder["key"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "slug"),
+    [
+        (b"{not json", "malformed-json"),
+        (b'{"key_id": "k", "plaintext": "aGk=",}', "malformed-json"),
+        (b"\xff\xfe", "malformed-json"),
+        (b'{"key_id": NaN, "plaintext": "aGk="}', "malformed-json"),
+        (b"[1, 2]", "invalid-request"),
+        (b'"text"', "invalid-request"),
+    ],
+    ids=["garbage", "trailing-comma", "not-utf8", "nan", "array", "string"],
+)
+async def test_malformed_json_is_400(api: Api, raw: bytes, slug: str) -> None:
+    await _expect(api, 400, slug, "POST", "/v1/encrypt", raw=raw)
+
+
+@pytest.mark.parametrize(
+    ("body", "slug"),
+    [
+        ({"plaintext": "aGk="}, "missing-field"),
+        ({"key_id": 5, "plaintext": "aGk="}, "wrong-type"),
+        ({"key_id": "K", "plaintext": 5}, "wrong-type"),
+        ({"key_id": "K", "plaintext": "aGk=", "context": ["a"]}, "wrong-type"),
+        ({"key_id": "K", "plaintext": "aGk=", "context": {"a": 1}}, "wrong-type"),
+        ({"key_id": "K", "plaintext": "aGk=", "extra": 1}, "unknown-field"),
+        ({"key_id": "K", "plaintext": "not base64!"}, "invalid-base64"),
+        ({"key_id": "K", "plaintext": "aGk"}, "invalid-base64"),
+        ({"key_id": "K", "plaintext": "aGk=", "context": None, "Key_id": "x"}, "unknown-field"),
+    ],
+    ids=[
+        "missing",
+        "id-number",
+        "plaintext-number",
+        "context-list",
+        "context-int",
+        "unknown",
+        "bad-b64",
+        "unpadded-b64",
+        "case",
+    ],
+)
+async def test_bad_fields_are_400(
+    api: Api, key_holder: dict[str, str], body: dict[str, object], slug: str
+) -> None:
+    key_id = await _key(api, key_holder)
+    document = {k: (key_id if v == "K" else v) for k, v in body.items()}
+    await _expect(api, 400, slug, "POST", "/v1/encrypt", document)
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/datakey", {"key_id": "K", "plaintext": 1}),
+        ("/v1/datakey", {"key_id": "K", "length": True}),
+        ("/v1/keys/K/schedule-deletion", {"days": "7"}),
+        ("/v1/keys/K/schedule-deletion", {"days": 7.5}),
+        ("/v1/keys", {"purpose": "encrypt", "rotation_days": "30"}),
+        ("/v1/grants", {"principal_id": "p", "key_id": "K", "level": "1"}),
+    ],
+    ids=[
+        "datakey-bool",
+        "length-bool",
+        "days-string",
+        "days-float",
+        "rotation-string",
+        "level-string",
+    ],
+)
+async def test_wrong_types_elsewhere_are_400(
+    api: Api, key_holder: dict[str, str], path: str, body: dict[str, object]
+) -> None:
+    key_id = await _key(api, key_holder)
+    document = {k: (key_id if v == "K" else v) for k, v in body.items()}
+    await _expect(api, 400, "wrong-type", "POST", path.replace("K", key_id), document)
+
+
+async def test_deletion_window_out_of_range_is_400(api: Api, key_holder: dict[str, str]) -> None:
+    key_id = await _key(api, key_holder)
+    for days in (6, 31, 0, -1):
+        await _expect(api, 400, "invalid-request", "POST", f"/v1/keys/{key_id}/schedule-deletion",
+                      {"days": days})  # fmt: skip
+
+
+async def test_oversized_bodies_are_413(api: Api, key_holder: dict[str, str]) -> None:
+    key_id = await _key(api, key_holder)
+    big = json.dumps({"key_id": key_id, "plaintext": b64(b"x" * (1024 * 1024))}).encode()
+    await _expect(api, 413, "payload-too-large", "POST", "/v1/encrypt", raw=big)
+    await _expect(api, 413, "payload-too-large", "POST", "/v1/encrypt",
+                  raw=b"{" + b" " * (4 * 1024 * 1024) + b"}")  # fmt: skip
+
+
+async def test_unknown_key_and_route(api: Api) -> None:
+    await _expect(api, 404, "not-found", "GET", "/v1/keys/key_" + "0" * 32)
+    await _expect(api, 400, "invalid-request", "GET", "/v1/keys/not-a-key")
+    await _expect(api, 404, "not-found", "GET", "/v1/keys/key_" + "0" * 32 + "/nothing")
+
+
+# -- credentials ---------------------------------------------------------------------------------
+async def test_missing_or_malformed_authorization_is_401(api: Api) -> None:
+    for value in ("", "Basic abc", "Bearer not.a.jwt", "Bearer ", "Bearer " + "a" * 5000):
+        await _expect(api, 401, "invalid-token", "GET", "/v1/keys",
+                      headers={"Authorization": value})  # fmt: skip
+    async with api.client.get("/v1/keys") as response:  # no header at all
+        assert response.status == 401 and response.content_type == PROBLEM
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+async def test_bad_tokens_are_401(api: Api) -> None:
+    other_tls = (
+        generate_private_key(SECP256R1())
+        .public_key()
+        .public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    )
+    now = time.time()
+    cases = {
+        "expired-token": api.token(api.admin, now=now - 1000, lifetime=60),
+        "wrong-audience": api.token(api.admin, audience="kms_another"),
+        "wrong-tls-key": api.token(api.admin, tls_spki_der=other_tls),
+        "token-lifetime-too-long": api.token(api.admin, lifetime=3600),
+        "invalid-token": api.token(api.admin, key=Ed25519PrivateKey.generate()),
+        "unknown-principal": api.token(api.admin, principal_id="prn_" + "0" * 24),
+    }
+    future = api.token(api.admin, now=now + 600, lifetime=60)
+    for slug, token in {**cases, "invalid-token ": future}.items():
+        await _expect(api, 401, slug.strip(), "GET", "/v1/keys", token=token)
+
+
+async def test_a_refused_token_changes_nothing_on_a_write(api: Api) -> None:
+    token = api.token(api.admin, audience="kms_another")
+    await _expect(api, 401, "wrong-audience", "POST", "/v1/keys", {"purpose": "encrypt"},
+                  token=token)  # fmt: skip
+
+
+async def test_public_documents_need_no_token(api: Api) -> None:
+    for path in ("/healthz", "/readyz", "/v1/auth/info"):
+        async with api.client.get(path) as response:
+            assert response.status == 200, path
