@@ -197,9 +197,7 @@ class Kms:
         return str(made["id"])
 
     async def encrypt(self, key_id: str, plaintext: bytes) -> str:
-        done = await self.ok(
-            "POST", "/v1/encrypt", {"key_id": key_id, "plaintext": b64(plaintext)}
-        )
+        done = await self.ok("POST", "/v1/encrypt", {"key_id": key_id, "plaintext": b64(plaintext)})
         return str(done["ciphertext"])
 
     async def decrypt(self, ciphertext: str) -> bytes:
