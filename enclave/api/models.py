@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import functools
 import json
 import types
 import typing
@@ -130,16 +131,22 @@ class Model:
 M = TypeVar("M", bound=Model)
 
 
+@functools.cache
+def _shape(model: type[Model]) -> tuple[dict[str, dataclasses.Field[Any]], dict[str, Any]]:
+    """A model's fields and resolved type hints (resolved once: it is a hot path)."""
+    fields = {f.name: f for f in dataclasses.fields(model)}  # type: ignore[arg-type]
+    return fields, typing.get_type_hints(model)
+
+
 def parse(model: type[M], document: object) -> M:
     """``model`` from a decoded JSON object, strictly (see the module docstring)."""
     if not isinstance(document, dict):
         raise BadInput(f"the body must be a JSON object, not {_json_type(document)}")
-    fields = {f.name: f for f in dataclasses.fields(model)}  # type: ignore[arg-type]
+    fields, hints = _shape(model)  # type: ignore[arg-type]  # classes are hashable
     unknown = sorted(set(document) - set(fields))
     if unknown:
         names = ", ".join(repr(u)[:64] for u in unknown[:5])
         raise BadInput(f"unknown field(s): {names}", slug="unknown-field")
-    hints = typing.get_type_hints(model)
     values: dict[str, Any] = {}
     for name, spec in fields.items():
         if name not in document:

@@ -31,6 +31,7 @@ from aiohttp import web
 
 from enclave.api.auth import API_STATE, ApiState, Declaration, WorkloadSessions, api_middleware
 from enclave.api.routes import PREFIXES, api
+from enclave.api.store import CachedReadStore
 from enclave.app import CONFIG, RUNTIME, TLS_IDENTITY
 from enclave.auth.principals import Level, Principal
 from enclave.auth.tokens import TokenAuthenticator, spki_thumbprint
@@ -73,17 +74,12 @@ def _verifier(config: EnclaveConfig) -> tuple[Verifier, Policy]:
 
 
 def _service_store(runtime: KmsRuntime) -> Store:
-    """The service's synchronous ``Store``: the runtime's ``SqliteStore`` itself.
-
-    ``SqliteStore`` is thread-safe (one lock), so the service may call it from the event
-    loop while the ``AsyncStore`` worker thread uses it too. Reads (the whole crypto path)
-    are an index look-up plus one SQLite row: tens of microseconds, cheaper than a thread
-    hop. Writes (lifecycle, grants, principals: rare) block the loop for one commit (WAL
-    fsync + HSM counter advance, about 1-3 ms on this machine, measured by
-    bench/bench_kms_api.py's "lifecycle" row); moving them off the loop would need the
-    service's asyncio primitives on another loop.
-    """
-    return runtime.store.store
+    """The service's synchronous ``Store``: the runtime's ``SqliteStore`` with a record
+    cache validated against the store's index (``enclave.api.store``). Lifecycle writes
+    block the loop for one commit (WAL fsync + HSM counter; bench/bench_kms_api.py's
+    ``kms_api_key_create_ms`` row); moving them off the loop would need the service's
+    asyncio primitives on another loop."""
+    return CachedReadStore(runtime.store.store)
 
 
 ADMIN_ID_LABEL = b"kms-launch-admin-principal/v1\x00"
