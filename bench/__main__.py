@@ -48,7 +48,8 @@ def main() -> int:
 def _print_row(row: BenchResult) -> None:
     print(
         f"{row['name']:48} {row['value']:12.1f} {row['unit']:10} "
-        f"{row['baseline_value']:12.1f} {row['ratio']:7.2f}  {row['target']} (vs {row['baseline']})",
+        f"{row['baseline_value']:12.1f} {row['ratio']:7.2f}  "
+        f"{row['target']} (vs {row['baseline']})",
         flush=True,
     )
 
