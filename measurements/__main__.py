@@ -27,6 +27,7 @@ MAX_CONFIG_FILE_BYTES = 1024 * 1024
 PLATFORMS = ("sev-snp", "tdx", "nitro")
 # The source tree this package sits in: the tree the simulator runs from an editable install.
 DEFAULT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_STATE_DIR = Path(".kms-state")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,8 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--root", type=Path, default=DEFAULT_ROOT, help="tree holding enclave/ and verifier/"
     )
     parser.add_argument(
-        "--config", type=Path, help="launch configuration JSON file (default: the built-in one)"
+        "--config",
+        type=Path,
+        help="launch configuration JSON file (default: STATE/launch.json when --state is "
+        f"given, else {DEFAULT_STATE_DIR}/launch.json when that exists (the state `make run` "
+        "uses), else the built-in one)",
     )
+    parser.add_argument("--state", type=Path, help="a kms-sim state directory: use its launch.json")
     parser.add_argument("--platform", choices=PLATFORMS, help="set the config's platform field")
     parser.add_argument("--json", action="store_true", help="print a JSON object, not just hex")
     return parser
@@ -47,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.config is None and args.state is not None:
+        args.config = args.state / "launch.json"
+    elif args.config is None and (DEFAULT_STATE_DIR / "launch.json").is_file():
+        args.config = DEFAULT_STATE_DIR / "launch.json"
+        print(f"launch configuration: {args.config}", file=sys.stderr)
     try:
         if args.config is not None:
             raw = args.config.read_bytes()
