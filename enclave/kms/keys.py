@@ -182,6 +182,7 @@ def _metadata(value: dict[str, Any]) -> KeyMetadata:
         raise StoredStateInvalid(f"a stored key does not parse: {exc}") from None
 
 
+MAX_PARSED_KEYS = 4096
 Change = Callable[[KeyMetadata], Awaitable[KeyMetadata]]
 Extra = Callable[[Transaction, KeyMetadata, KeyMetadata], None]
 
@@ -195,6 +196,9 @@ class KeyRepository:
         self._store = store
         self._hierarchy = hierarchy
         self._keks: dict[str, KeyMetadata] = {}
+        # key id -> (record version, record value, parsed metadata): the crypto path reads
+        # its key on every request; parse it again only when the stored record changed.
+        self._parsed: dict[str, tuple[int, bytes, KeyMetadata]] = {}
 
     @property
     def store(self) -> Store:
@@ -202,8 +206,20 @@ class KeyRepository:
 
     # keys
     def get(self, key_id: str) -> KeyMetadata | None:
-        value, version = persist.read(self._store, self.KIND, key_id)
-        return _metadata(value) if version else None
+        """The key as stored now. ``KeyMetadata`` is immutable, so the parse of a record is
+        reused while the store returns the same version with the same bytes."""
+        record = self._store.get(self.KIND, key_id)
+        if record is None:
+            self._parsed.pop(key_id, None)
+            return None
+        cached = self._parsed.get(key_id)
+        if cached is not None and cached[0] == record.version and cached[1] == record.value:
+            return cached[2]
+        metadata = _metadata(persist.parse(record))
+        if len(self._parsed) >= MAX_PARSED_KEYS:
+            self._parsed.clear()
+        self._parsed[key_id] = (record.version, record.value, metadata)
+        return metadata
 
     def require(self, key_id: str) -> KeyMetadata:
         metadata = self.get(key_id)
