@@ -34,9 +34,19 @@ class CommandContext:
 
 
 def _modules() -> tuple[ModuleType, ...]:
-    from kms.commands import audit, backup, crypto, emergency, governance, keys, principals, report
+    from kms.commands import (
+        audit,
+        backup,
+        crypto,
+        emergency,
+        governance,
+        keys,
+        principals,
+        release,
+        report,
+    )
 
-    return (keys, crypto, principals, audit, report, governance, backup, emergency)
+    return (keys, crypto, release, principals, audit, report, governance, backup, emergency)
 
 
 COMMAND_MODULES: tuple[ModuleType, ...] = _modules()
