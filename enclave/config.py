@@ -143,6 +143,16 @@ class EnclaveConfig:
     # TLS identity, and h2c (cleartext, prior knowledge). None: not served.
     pakv_h2: ListenAddress | None = None
     pakv_h2c: ListenAddress | None = None
+    # UNSAFE: the K/V service serves only the publicly known K/V test key pair
+    # (enclave.pakv.unsafe_test_keys), for interop tests. Simulated attestation only.
+    unsafe_pakv_test_keys: bool = False
+
+    def __post_init__(self) -> None:
+        if self.unsafe_pakv_test_keys and self.attestation != "simulated":
+            raise ConfigError(
+                "the UNSAFE K/V test keys are publicly known: they are refused with "
+                "hardware attestation (simulated only)"
+            )
 
     @classmethod
     def create(
@@ -157,6 +167,7 @@ class EnclaveConfig:
         data_dir: Path | None = None,
         pakv_h2: str | ListenAddress | None = None,
         pakv_h2c: str | ListenAddress | None = None,
+        unsafe_pakv_test_keys: bool = False,
     ) -> EnclaveConfig:
         try:
             parsed_platform = parse_platform(platform)
@@ -178,6 +189,7 @@ class EnclaveConfig:
             data_dir=Path(data_dir) if data_dir is not None else None,
             pakv_h2=_optional_address(pakv_h2),
             pakv_h2c=_optional_address(pakv_h2c),
+            unsafe_pakv_test_keys=unsafe_pakv_test_keys,
         )
 
     @property

@@ -173,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--pakv-h2c", default=None, metavar="ADDRESS",
         help="K/V key service over cleartext HTTP/2 (h2c): unix:PATH or tcp:HOST:PORT",
     )  # fmt: skip
+    run.add_argument(
+        "--unsafe-pakv-test-keys", action="store_true",
+        help="UNSAFE, simulated attestation only: the K/V key service serves and releases "
+        "ONLY the PUBLICLY KNOWN K/V test key pair (id 64), for local interop tests; anyone "
+        "can decrypt what is encrypted to it",
+    )  # fmt: skip
     run.add_argument("--log-level", default="INFO")
     return parser
 
@@ -189,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             platform=args.platform, state_dir=args.state, listen=args.listen,
             attestation=args.attestation, measure_root=args.measure_root, data_dir=args.data,
             pakv_h2=args.pakv_h2, pakv_h2c=args.pakv_h2c,
+            unsafe_pakv_test_keys=args.unsafe_pakv_test_keys,
         )  # fmt: skip
     except ConfigError as exc:
         print(f"kms-enclave: {exc}", file=sys.stderr)

@@ -21,6 +21,10 @@ from simulator.stack import SimError, make_stack
 
 EXIT_START_FAILED = 1
 EXIT_USAGE = 2
+UNSAFE_BANNER = (
+    "  UNSAFE:      K/V serves ONLY the PUBLICLY KNOWN test key pair (id 64); "
+    "anyone can decrypt what is encrypted to it\n"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--reset", action="store_true",
         help="discard the KMS state (keys, HSM token, database) in --state before starting",
     )  # fmt: skip
+    up.add_argument(
+        "--unsafe-pakv-test-keys", action="store_true",
+        help="UNSAFE: the K/V key service serves ONLY the PUBLICLY KNOWN K/V test key pair "
+        "(id 64) for local interop tests; anyone can decrypt what is encrypted to it",
+    )  # fmt: skip
     up.add_argument("--log-level", default="WARNING")
     return parser
 
@@ -44,12 +53,21 @@ def _relative(path: Path) -> str:
     return str(path)
 
 
-async def up(state: Path, listen: str, platform: str, *, reset: bool = False) -> int:
+async def up(
+    state: Path,
+    listen: str,
+    platform: str,
+    *,
+    reset: bool = False,
+    unsafe_pakv_test_keys: bool = False,
+) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    stack = make_stack(state, listen, platform, reset_kms=reset)
+    stack = make_stack(
+        state, listen, platform, reset_kms=reset, unsafe_pakv_test_keys=unsafe_pakv_test_keys
+    )
     starting = asyncio.create_task(stack.start())
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -77,6 +95,7 @@ async def up(state: Path, listen: str, platform: str, *, reset: bool = False) ->
         f"  ({_relative(stack.state)}/pakv.json)\n"
         f"  keys:        {_relative(kms)} --profile {profile} keys create --purpose encrypt --json"
         "   (as the administrator: admin.key)\n"
+        f"{UNSAFE_BANNER if unsafe_pakv_test_keys else ''}"
         f"  logs:        {_relative(stack.state)}/enclave.log, verifier.log\n"
         "  stop:        Ctrl-C",
         flush=True,
@@ -93,7 +112,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
     try:
-        return asyncio.run(up(args.state, args.listen, args.platform, reset=args.reset))
+        return asyncio.run(
+            up(
+                args.state,
+                args.listen,
+                args.platform,
+                reset=args.reset,
+                unsafe_pakv_test_keys=args.unsafe_pakv_test_keys,
+            )
+        )
     except (SimError, OSError) as exc:
         print(f"kms-sim: {exc}", file=sys.stderr)
         return EXIT_START_FAILED

@@ -88,6 +88,9 @@ class SimStack:
     platform: Platform = "sev-snp"
     enclave_args: tuple[str, ...] = ()
     reset_kms: bool = False
+    # UNSAFE: the enclave's K/V service serves only the publicly known K/V test key pair
+    # (kms-enclave serve --unsafe-pakv-test-keys; docs/pakv.md).
+    unsafe_pakv_test_keys: bool = False
     url: str = ""
     measurement: bytes = b""
     launch_config: bytes = b""
@@ -266,6 +269,7 @@ class SimStack:
                 "--listen", f"unix:{self.socket_path}", "--platform", self.platform,
                 "--pakv-h2", f"unix:{self.pakv_sockets['h2']}",
                 "--pakv-h2c", f"unix:{self.pakv_sockets['h2c']}",
+                *(("--unsafe-pakv-test-keys",) if self.unsafe_pakv_test_keys else ()),
                 *self.enclave_args,
             ],
             "enclave.log",
@@ -310,6 +314,8 @@ class SimStack:
             "h2c": self.pakv_urls.get("h2c", ""),
             "release_policy": pakv_release_policy(self.platform),
         }
+        if self.unsafe_pakv_test_keys:
+            document["unsafe_test_keys"] = "UNSAFE-TEST-KEYS: the publicly known K/V test key"
         (self.state / PAKV_FILE).write_text(json.dumps(document, indent=2) + "\n")
 
     async def _prove_ready(self) -> None:

@@ -18,6 +18,14 @@ What it adds to the enclave app:
   enclave's attested TLS identity, ALPN ``h2``; ``pakv_h2c``: cleartext HTTP/2 with prior
   knowledge), each on a unix socket, vsock or TCP address, served by ``H2Server``.
 
+UNSAFE test-key mode (``EnclaveConfig.unsafe_pakv_test_keys``, ``kms-enclave serve
+--unsafe-pakv-test-keys``; the configuration refuses it with hardware attestation): the
+service's key source is ``UnsafeTestKeySource``, the publicly known K/V test key pair (id
+64), made at start; it is the only key served and the only one released (HPKE-wrapped to
+attested servers under the same release policy). The real key set still rotates in the
+store, unserved. A WARNING is logged at start and on every use, and every answer carries
+the ``UNSAFE-TEST-KEYS`` header.
+
 Must never: serve before the key set has been rotated once, or hand a private half to the
 HTTP layer unwrapped to anything but an attested server's key (``PakvService`` does that).
 """
@@ -45,8 +53,9 @@ from enclave.pakv.deployment import (
 )
 from enclave.pakv.h2server import H2Server
 from enclave.pakv.http import PAKV_SERVICE, add_pakv_routes
-from enclave.pakv.keyset import ROTATION_INTERVAL, KeySet, RotationReport
+from enclave.pakv.keyset import ROTATION_INTERVAL, KeySet, KeySource, RotationReport
 from enclave.pakv.service import KmsIdentity, PakvService, ReleasePolicy
+from enclave.pakv.unsafe_test_keys import UnsafeTestKeySource
 from enclave.runtime import KmsRuntime
 from enclave.scheduler import Every, Job, Scheduler
 from verifier.verify import Verifier
@@ -74,6 +83,7 @@ class PakvFeature:
     service: PakvService
     scheduler: Scheduler
     listeners: tuple[PakvListener, ...] = ()
+    unsafe_test_keys: bool = False  # serving the publicly known K/V test key pair
 
 
 PAKV_FEATURE = web.AppKey("pakv_feature", PakvFeature)
@@ -116,8 +126,16 @@ async def _pakv_context(app: web.Application) -> AsyncIterator[None]:
     del wrapping_key
     report = await rotate(keys, runtime, runtime.clock())
     identity = runtime.identity
+    served: KeySource = keys
+    if config.unsafe_pakv_test_keys:
+        log.warning(
+            "UNSAFE_TEST_KEYS: --unsafe-pakv-test-keys: the K/V service serves and releases "
+            "ONLY the PUBLICLY KNOWN K/V test key pair (id 64); anyone can decrypt requests "
+            "encrypted to it. For local interop tests with simulated attestation only."
+        )
+        served = UnsafeTestKeySource(runtime.kms_id, since=runtime.clock())
     service = PakvService(
-        keys,
+        served,
         release=ReleasePolicy(policy=policy, verifier=Verifier(roots)),
         identity=KmsIdentity(
             sign=identity.sign,
@@ -142,7 +160,7 @@ async def _pakv_context(app: web.Application) -> AsyncIterator[None]:
             description="K/V request keys: make successors, destroy keys past retention",
         )
     )
-    feature = PakvFeature(keys, service, scheduler)
+    feature = PakvFeature(keys, service, scheduler, unsafe_test_keys=config.unsafe_pakv_test_keys)
     app[PAKV_SERVICE] = service
     app[PAKV_FEATURE] = feature
     servers: list[H2Server] = []
@@ -163,6 +181,8 @@ async def _pakv_context(app: web.Application) -> AsyncIterator[None]:
             len(report.created),
             "configured" if policy is not None else "absent (deny all)",
         )
+        if config.unsafe_pakv_test_keys:
+            log.warning("UNSAFE_TEST_KEYS: pakv serves only the publicly known test key (id 64)")
         yield
     finally:
         loop_task.cancel()

@@ -78,6 +78,11 @@ from enclave.pakv.formats import (
 from enclave.pakv.keyids import KEY_ID_RE
 from enclave.pakv.keyset import Clock, KeySource, active_keys, recent_keys, to_ms, utc_now
 from enclave.pakv.store import KeyRecord
+from enclave.pakv.unsafe_test_keys import (
+    UNSAFE_TEST_KEYS_HEADER,
+    UNSAFE_TEST_KEYS_MARK,
+    UnsafeTestKeySource,
+)
 from enclave.problems import (
     PROBLEM_CONTENT_TYPE,
     BadRequest,
@@ -246,6 +251,17 @@ class PakvService:
 
     # -- dispatch --------------------------------------------------------------------
     async def handle(self, request: PakvRequest) -> Answer:
+        answer = await self._handle(request)
+        if self.unsafe_test_keys:
+            answer = Answer(
+                answer.status,
+                answer.body,
+                answer.content_type,
+                (*answer.headers, (UNSAFE_TEST_KEYS_HEADER, UNSAFE_TEST_KEYS_MARK)),
+            )
+        return answer
+
+    async def _handle(self, request: PakvRequest) -> Answer:
         now = self._clock()
         date = http_date(now)
         try:
@@ -262,6 +278,12 @@ class PakvService:
                 answer.status, answer.body, answer.content_type, (*answer.headers, ("Date", date))
             )
         return answer
+
+    @property
+    def unsafe_test_keys(self) -> bool:
+        """Whether this service serves the publicly known K/V test key pair (every answer
+        then says so in ``UNSAFE_TEST_KEYS_HEADER``)."""
+        return isinstance(self.keys, UnsafeTestKeySource)
 
     async def _route(self, request: PakvRequest, now: datetime) -> Answer:
         path, method = request.path, request.method.upper()
@@ -557,7 +579,11 @@ class PakvService:
                 outcome=outcome,
                 key_id=key_id,
                 status=status,
-                details={"kms_id": self.kms_id, **(details or {})},
+                details={
+                    "kms_id": self.kms_id,
+                    **({"unsafe_test_keys": True} if self.unsafe_test_keys else {}),
+                    **(details or {}),
+                },
             )
         except asyncio.CancelledError:
             raise

@@ -21,6 +21,9 @@ from enclave.pakv.store import KeyRecord
 UNSAFE_TEST_KEY_ID = "4000000000000000"
 UNSAFE_TEST_OHTTP_KEY_ID = 64
 UNSAFE_TEST_PUBLIC_KEY_B64 = "87ey8XZPXAd+/+ytKv2GFUWW5j9zdepSJ2G4gebDwyM="
+# Every answer of a service serving this source carries this header (docs/pakv.md).
+UNSAFE_TEST_KEYS_HEADER = "X-Pakv-Key-Mode"
+UNSAFE_TEST_KEYS_MARK = "UNSAFE-TEST-KEYS"
 UNSAFE_TEST_PRIVATE_KEY_HEX = "e7b292f49df28b8065992cdeadbc9d032a0e09e8476cb6d8d507212e7be3b9b4"
 
 log = logging.getLogger("enclave.pakv.UNSAFE_TEST_KEYS")
@@ -41,7 +44,8 @@ def unsafe_test_public_key() -> bytes:
 
 
 class UnsafeTestKeySource:
-    """A ``KeySource`` with the one public test key, active from ``since`` for a year."""
+    """A ``KeySource`` with the one public test key, made and active at ``since`` (default
+    2020-01-01) and expiring a century later."""
 
     def __init__(self, kms_id: str, *, since: datetime | None = None) -> None:
         start = since or datetime(2020, 1, 1, tzinfo=UTC)
@@ -63,6 +67,7 @@ class UnsafeTestKeySource:
         return [self._record]
 
     def get(self, key_id: str) -> KeyRecord | None:
+        warn("serving")
         return self._record if key_id == UNSAFE_TEST_KEY_ID else None
 
     def material(self, record: KeyRecord) -> bytes:
