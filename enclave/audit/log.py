@@ -15,6 +15,11 @@ thread, must be quick, and a listener that raises is logged and otherwise ignore
 ``request_scope()`` counts the records submitted while a request is handled (a per-log
 context variable), so the HTTP layer can add a record only for requests that no service
 produced one for, and never a second one.
+
+``record()`` (the asyncio callers) waits on a future of its own loop; after each group
+commit the writer thread wakes each loop once for the whole batch (one
+``call_soon_threadsafe`` per loop and batch, not one per record), and each future is
+settled only after the sink's ``append`` (write + fsync) returned.
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import hashlib
 import hmac
 import json
 import logging
@@ -31,7 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -75,7 +79,10 @@ class _Entry:
     status: int | None
     details: dict[str, Any]
     time: str
-    future: Future[AuditRecord] = field(default_factory=Future)
+    # Exactly one of the two: a thread-safe future (``submit``) or an asyncio future and
+    # its loop (``record``), settled on that loop.
+    future: Future[AuditRecord] | None = None
+    waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[AuditRecord]] | None = None
 
 
 @dataclass
@@ -202,7 +209,7 @@ class AuditLog:
     # -- producers ---------------------------------------------------------------------
     def digest(self, data: bytes) -> str:
         """HMAC-SHA256 of a request or sensitive value: comparable, never reversible."""
-        return hmac.new(self._hmac_key, data, hashlib.sha256).hexdigest()
+        return hmac.digest(self._hmac_key, data, "sha256").hex()
 
     def submit(
         self,
@@ -217,6 +224,29 @@ class AuditLog:
         details: dict[str, Any] | None = None,
         sensitive: dict[str, bytes] | None = None,
     ) -> Future[AuditRecord]:
+        future: Future[AuditRecord] = Future()
+        self._enqueue(
+            principal=principal, operation=operation, outcome=outcome, key_id=key_id,
+            key_version=key_version, request=request, status=status, details=details,
+            sensitive=sensitive, future=future,
+        )  # fmt: skip
+        return future
+
+    def _enqueue(
+        self,
+        *,
+        principal: str,
+        operation: str,
+        outcome: Outcome,
+        key_id: str | None = None,
+        key_version: int | None = None,
+        request: bytes | None = None,
+        status: int | None = None,
+        details: dict[str, Any] | None = None,
+        sensitive: dict[str, bytes] | None = None,
+        future: Future[AuditRecord] | None = None,
+        waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[AuditRecord]] | None = None,
+    ) -> None:
         merged = dict(details or {})
         for name, value in (sensitive or {}).items():
             merged[name] = "hmac:" + self.digest(value)
@@ -230,6 +260,8 @@ class AuditLog:
             status=status,
             details=merged,
             time=datetime.fromtimestamp(self._clock(), UTC).isoformat(timespec="microseconds"),
+            future=future,
+            waiter=waiter,
         )
         scope = self._scope.get()
         if scope is not None:
@@ -237,12 +269,14 @@ class AuditLog:
         try:
             self._queue.put_nowait(entry)
         except queue.Full:
-            entry.future.set_exception(AuditUnavailable("audit buffer is full"))
-        return entry.future
+            _settle([entry], None, AuditUnavailable("audit buffer is full"))
 
     async def record(self, **kwargs: Any) -> AuditRecord:
         """Submit and wait until the record is durable; raise AuditUnavailable otherwise."""
-        return await asyncio.wrap_future(self.submit(**kwargs))
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[AuditRecord] = loop.create_future()
+        self._enqueue(**kwargs, waiter=(loop, waiter))
+        return await waiter
 
     def record_sync(self, timeout: float = 30.0, **kwargs: Any) -> AuditRecord:
         return self.submit(**kwargs).result(timeout)
@@ -320,7 +354,7 @@ class AuditLog:
             for entry in batch:
                 if entry.operation != CHECKPOINT_OPERATION:
                     self._pending.append(self._chain(entry))
-                entry.future.set_exception(AuditUnavailable("audit storage is unavailable"))
+            _settle(batch, None, AuditUnavailable("audit storage is unavailable"))
             return
         built: list[tuple[_Entry, AuditRecord]] = []
         for entry in batch:
@@ -330,11 +364,10 @@ class AuditLog:
             records.append(self._checkpoint())
         self._pending.extend(records)
         ok = self._try_flush()
-        for entry, record in built:
-            if ok:
-                entry.future.set_result(record)
-            else:
-                entry.future.set_exception(AuditUnavailable("audit storage is unavailable"))
+        if ok:
+            _settle([entry for entry, _ in built], [record for _, record in built], None)
+        else:
+            _settle(batch, None, AuditUnavailable("audit storage is unavailable"))
 
     def _try_flush(self) -> bool:
         if not self._pending:
@@ -410,6 +443,46 @@ class AuditLog:
             time=datetime.fromtimestamp(self._clock(), UTC).isoformat(timespec="microseconds"),
         )
         return self._chain(entry)
+
+
+def _settle(
+    entries: list[_Entry], records: list[AuditRecord] | None, error: BaseException | None
+) -> None:
+    """Give each entry its record (``records[i]``) or ``error``: thread-safe futures at once,
+    asyncio futures with one ``call_soon_threadsafe`` per loop for the whole batch."""
+    by_loop: dict[
+        asyncio.AbstractEventLoop,
+        list[tuple[asyncio.Future[AuditRecord], AuditRecord | None]],
+    ] = {}
+    for index, entry in enumerate(entries):
+        record = records[index] if records is not None else None
+        if entry.future is not None:
+            if record is not None:
+                entry.future.set_result(record)
+            else:
+                entry.future.set_exception(error or AuditUnavailable("audit record not written"))
+        if entry.waiter is not None:
+            loop, waiter = entry.waiter
+            by_loop.setdefault(loop, []).append((waiter, record))
+    for loop, waiters in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_resolve, waiters, error)
+        except RuntimeError:  # that loop is closed: nobody is waiting any more
+            continue
+
+
+def _resolve(
+    waiters: list[tuple[asyncio.Future[AuditRecord], AuditRecord | None]],
+    error: BaseException | None,
+) -> None:
+    for waiter, record in waiters:
+        if waiter.done():  # the awaiting task was cancelled
+            continue
+        if record is not None:
+            waiter.set_result(record)
+        else:
+            # a fresh instance per waiter: one exception object is never raised in two tasks
+            waiter.set_exception(AuditUnavailable(str(error or "audit record not written")))
 
 
 def _with_hash(record: AuditRecord) -> AuditRecord:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Outcome = Literal["allowed", "denied", "invalid", "error", "event"]
@@ -42,16 +42,31 @@ class AuditRecord:
     signature: str | None = None
 
     def body(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("hash")
-        data.pop("signature")
-        return data
+        """Every field but ``hash`` and ``signature`` (what the hash covers). Built field by
+        field rather than with ``dataclasses.asdict``, which deep-copies ``details`` only
+        for it to be serialised at once; the JSON is the same."""
+        return {
+            "seq": self.seq,
+            "time": self.time,
+            "principal": self.principal,
+            "operation": self.operation,
+            "outcome": self.outcome,
+            "key_id": self.key_id,
+            "key_version": self.key_version,
+            "request_digest": self.request_digest,
+            "status": self.status,
+            "details": self.details,
+            "prev_hash": self.prev_hash,
+        }
 
     def computed_hash(self) -> str:
         return hashlib.sha256(canonical_json(self.body())).hexdigest()
 
     def to_line(self) -> bytes:
-        return canonical_json(asdict(self)) + b"\n"
+        data = self.body()
+        data["hash"] = self.hash
+        data["signature"] = self.signature
+        return canonical_json(data) + b"\n"
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> AuditRecord:
