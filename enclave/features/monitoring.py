@@ -611,6 +611,7 @@ def _monitoring_context(
         audit = runtime.audit
         loop = asyncio.get_running_loop()
         rules = monitoring.rules
+        rules.baseline_hsm(runtime.hsm.stats.snapshot())
 
         def recovered() -> None:
             rules.audit_recovered()

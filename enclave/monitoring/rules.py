@@ -273,6 +273,13 @@ class AlertRules:
             at=now,
         )
 
+    def baseline_hsm(self, snapshot: Mapping[str, OperationSnapshot]) -> None:
+        """Take the current error counts as seen (when monitoring starts on a backend that
+        already ran: its earlier errors were reported by what met them)."""
+        with self._lock:
+            for operation, snap in snapshot.items():
+                self._hsm_seen[operation] = snap.errors
+
     def poll_hsm(
         self, snapshot: Mapping[str, OperationSnapshot], *, at: datetime | None = None
     ) -> list[Alert]:
