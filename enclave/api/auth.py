@@ -208,15 +208,32 @@ def authenticate(state: ApiState, request: web.Request) -> Principal:
     return state.authenticator.authenticate(token).principal
 
 
+# Header segment -> its kid. Every token of one signer shares one header segment, so this
+# stays tiny; it is a pure function of the segment, bounded and cleared when full.
+_KID_CACHE: dict[str, object] = {}
+MAX_KID_CACHE = 256
+
+
 def _header_kid(token: str) -> object:
     """The ``kid`` of a JWT's header, cheaply (the full checks follow in the verifier; this
     only picks which verifier). None when the header does not decode."""
     head = token.split(".", 1)[0]
     try:
+        return _KID_CACHE[head]
+    except KeyError:
+        pass
+    try:
         document = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
     except (ValueError, UnicodeDecodeError):
-        return None
-    return document.get("kid") if isinstance(document, dict) else None
+        kid: object = None
+    else:
+        kid = document.get("kid") if isinstance(document, dict) else None
+    if not isinstance(kid, str | None):
+        return kid  # an odd kid (a number, an object): answered, not cached
+    if len(_KID_CACHE) >= MAX_KID_CACHE:
+        _KID_CACHE.clear()
+    _KID_CACHE[head] = kid
+    return kid
 
 
 async def _audit_refusal(

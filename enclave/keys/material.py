@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
@@ -90,18 +91,24 @@ class SymmetricKey:
         if len(self.secret) != 32:
             raise ValueError("AES-256 keys are 32 bytes")
 
+    @cached_property
+    def _aead(self) -> AESGCM:
+        # Made once per unwrapped key (the unwrap cache keeps this object): the key
+        # schedule is not rebuilt on every request. Same lifetime as ``secret``.
+        return AESGCM(self.secret)
+
     def encrypt(self, plaintext: bytes, context: bytes, nonce: bytes) -> Ciphertext:
         if len(context) > MAX_AAD_BYTES:
             raise ValueError("encryption context too large")
         shell = Ciphertext(self.key_id, self.version, nonce, bytes(TAG_BYTES))
-        sealed = AESGCM(self.secret).encrypt(nonce, plaintext, shell.aad(context))
+        sealed = self._aead.encrypt(nonce, plaintext, shell.aad(context))
         return Ciphertext(self.key_id, self.version, nonce, sealed)
 
     def decrypt(self, ciphertext: Ciphertext, context: bytes) -> bytes:
         if (ciphertext.key_id, ciphertext.version) != (self.key_id, self.version):
             raise CiphertextFormatError("ciphertext names another key version")
         try:
-            return AESGCM(self.secret).decrypt(
+            return self._aead.decrypt(
                 ciphertext.nonce, ciphertext.sealed, ciphertext.aad(context)
             )
         except InvalidTag:

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -171,11 +172,20 @@ class KmsMetrics:
         registry.register(_LiveStateCollector(self.sources, namespace))
         self._lock = threading.Lock()
         self._route_stats: dict[tuple[str, str], list[float]] = {}
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         method = method if method in KNOWN_METHODS else "other"
-        self.requests.labels(method, route, str(status)).inc()
-        self.latency.labels(method, route).observe(seconds)
+        # The labelled children, looked up once per (method, route, status): labels are
+        # bounded (known methods, route templates, statuses), and so is this dict.
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            children = (self.requests.labels(method, route, str(status)),
+                        self.latency.labels(method, route))  # fmt: skip
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
         error = status >= 400
         if error:
             self.errors.labels(method, route, "server" if status >= 500 else "client").inc()
