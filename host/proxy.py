@@ -30,11 +30,14 @@ two cores cut keep-alive throughput to about 0.75 of direct (``bench/bench_proxy
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
+from typing import cast
 
 from host.config import EnclaveAddress, ProxyConfig
 from host.errors import EnclaveUnreachable, HostError
@@ -66,14 +69,15 @@ class _Side(asyncio.BufferedProtocol):
         self.peer: _Side | None = None
         self.eof = False
         self.lost = False
+        self.early: bytes = b""  # received before the other side was linked (one chunk)
         self._buffer = bytearray(relay.config.read_chunk_bytes)
         self._view = memoryview(self._buffer)
 
     # asyncio.BaseProtocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.set_write_buffer_limits(high=self.relay.config.write_high_water_bytes)
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(high=self.relay.config.write_high_water_bytes)
         if self.is_client:
             self.relay.client_connected(self)
 
@@ -134,7 +138,8 @@ class _Relay:
             return
         proxy.relays.add(self)
         self.stats.active_connections += 1
-        # Hold the client's bytes in the kernel until the enclave side exists.
+        # Hold the client's bytes in the kernel until the enclave side exists. (uvloop
+        # starts reading after connection_made regardless: forward() holds such a chunk.)
         client.transport.pause_reading()
         self._connecting = self.loop.create_task(self._connect_enclave())
 
@@ -165,19 +170,34 @@ class _Relay:
         self._idle_timer = self.loop.call_at(
             self.last_activity + self.config.idle_timeout, self._check_idle
         )
+        for side in (client, enclave):  # bytes that arrived before the link, in order
+            if side.early:
+                early, side.early = side.early, b""
+                self.forward(side, early)
         if client.eof:  # the client already half-closed while we connected
             self.side_eof(client)
-        client.transport.resume_reading()
+        if enclave.eof:
+            self.side_eof(enclave)
+        if enclave.lost:  # the enclave closed before the link: pass that on
+            self.side_lost(enclave, None)
+        for transport in (client.transport, enclave.transport):
+            if not transport.is_closing():
+                transport.resume_reading()
 
     def forward(self, side: _Side, data: bytes) -> None:
         self.last_activity = self.loop.time()
+        peer = side.peer
+        if peer is None:  # not linked yet: hold this one chunk, read no more until linked
+            side.early += data
+            if side.transport is not None and not side.transport.is_closing():
+                side.transport.pause_reading()
+            return
+        if peer.transport is None or peer.transport.is_closing():
+            return  # the other side is gone; this side is being closed too
         if side.is_client:
             self.stats.bytes_client_to_enclave += len(data)
         else:
             self.stats.bytes_enclave_to_client += len(data)
-        peer = side.peer
-        if peer is None or peer.transport is None or peer.transport.is_closing():
-            return  # the other side is gone; this side is being closed too
         peer.transport.write(data)
 
     def side_eof(self, side: _Side) -> None:
@@ -290,11 +310,37 @@ async def open_enclave_transport(
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
-        await loop.sock_connect(sock, (address.cid, address.port))
+        await _connect_nonblocking(sock, (address.cid, address.port))
     except BaseException:
         sock.close()
         raise
     return await loop.create_connection(factory, sock=sock)
+
+
+async def _connect_nonblocking(sock: socket.socket, address: tuple[int, int]) -> None:
+    """``connect()`` a non-blocking socket, waiting for writability; raises ``OSError``.
+
+    ``loop.sock_connect`` would do, but uvloop's resolves the address first, which fails
+    for a vsock (CID, port) pair.
+    """
+    error = sock.connect_ex(address)
+    if error in (errno.EINPROGRESS, errno.EAGAIN):
+        loop = asyncio.get_running_loop()
+        writable: asyncio.Future[None] = loop.create_future()
+        fd = sock.fileno()
+
+        def ready() -> None:
+            if not writable.done():
+                writable.set_result(None)
+
+        loop.add_writer(fd, ready)
+        try:
+            await writable
+        finally:
+            loop.remove_writer(fd)
+        error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if error:
+        raise OSError(error, os.strerror(error))
 
 
 class HostProxy:

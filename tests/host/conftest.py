@@ -1,4 +1,10 @@
-"""Loopback fixtures for the host proxy: backends (TCP, unix), a TLS identity, a proxy."""
+"""Loopback fixtures for the host proxy: backends (TCP, unix), a TLS identity, a proxy.
+
+The in-process proxy tests (``test_proxy.py``) run on asyncio's loop and, where it is
+installed, on uvloop's, which ``kms-host`` uses by default: the two differ in details the
+relay depends on (uvloop starts reading a new connection even if ``connection_made``
+paused it).
+"""
 
 from __future__ import annotations
 
@@ -19,6 +25,25 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from host import EnclaveAddress, HostProxy, ListenAddress, ProxyConfig
+
+LOOP_FACTORIES: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.new_event_loop
+}
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+    pass
+else:
+    LOOP_FACTORIES["uvloop"] = uvloop.new_event_loop
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    if item.path.name == "test_proxy.py":
+        return LOOP_FACTORIES
+    return {"asyncio": asyncio.new_event_loop}
+
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

@@ -12,7 +12,7 @@ import pytest
 
 from host import EnclaveAddress, HostProxy
 
-from .conftest import BackendFactory, ProxyFactory, TlsIdentity
+from .conftest import BackendFactory, ProxyFactory, TlsIdentity, echo
 
 # Every wait in these tests is bounded, so a proxy bug fails a test instead of hanging it.
 STEP = 5.0
@@ -347,3 +347,39 @@ async def test_client_reset_aborts_the_enclave_side(
     writer.transport.abort()  # with linger 0: a TCP reset, not a FIN
     await asyncio.wait_for(backend.closed[0].wait(), STEP)
     assert proxy.stats.aborted_connections == 1
+
+
+async def test_bytes_sent_before_the_enclave_link_are_kept_in_order(
+    start_backend: BackendFactory, start_proxy: ProxyFactory
+) -> None:
+    """Both sides speak at once, before the proxy has linked them (uvloop reads early)."""
+
+    async def banner_then_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"banner;")
+        await echo(reader, writer)
+
+    backend = await start_backend("unix", banner_then_echo)
+    proxy = await start_proxy(backend.address)
+    for _ in range(20):
+        reader, writer = await connect(proxy)
+        writer.write(b"first;second;")
+        writer.write_eof()
+        assert await asyncio.wait_for(reader.read(), STEP) == b"banner;first;second;"
+        writer.close()
+    assert proxy.stats.bytes_client_to_enclave == 20 * len(b"first;second;")
+
+
+async def test_client_socket_has_tcp_nodelay(
+    start_backend: BackendFactory, start_proxy: ProxyFactory
+) -> None:
+    backend = await start_backend("tcp")
+    proxy = await start_proxy(backend.address)
+    reader, writer = await connect(proxy)
+    writer.write(b"x")
+    assert await read_exactly(reader, 1) == b"x"
+    (relay,) = proxy.relays
+    for side in (relay.client, relay.enclave):
+        assert side is not None and side.transport is not None
+        sock = side.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    writer.close()
