@@ -54,7 +54,7 @@ def test_kms_sim_up_attest_and_stop(tmp_path: Path) -> None:
             )  # fmt: skip
             assert attest.returncode == 0, attest.stderr
             assert json.loads(attest.stdout)["measurement"] == measured
-        assert "GET /v1/attestation" in (state / "enclave.log").read_text()
+        assert "attested TLS ready" in (state / "enclave.log").read_text()
     finally:
         process.send_signal(signal.SIGTERM)
         code = process.wait(timeout=30)
