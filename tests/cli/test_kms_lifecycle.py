@@ -9,14 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import select
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -28,68 +21,15 @@ from enclave.kms.context import canonical_context
 from enclave.kms.release import receipt_proof, release_report_data, unwrap_released
 from kms.credentials import SyncAuthorizedClient
 from kms.profile import Profile
+from tests.cli.support import Sim, kms, running_sim
 
-KMS = [sys.executable, "-m", "kms.cli"]
 CLIENT_MEASUREMENT = bytes(range(48))
-
-
-@dataclass
-class Sim:
-    state: Path
-    url: str
-
-    @property
-    def admin(self) -> Path:
-        return self.state / "client.toml"
-
-
-def _read_ready(process: subprocess.Popen[str], timeout: float = 120.0) -> str:
-    deadline = time.monotonic() + timeout
-    assert process.stdout is not None
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([process.stdout], [], [], 1.0)
-        if ready:
-            line = process.stdout.readline()
-            if line.startswith("ready "):
-                return line.strip()
-            if not line and process.poll() is not None:
-                break
-    raise AssertionError("kms-sim did not get ready")
 
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
-    state = tmp_path_factory.mktemp("kms-cli") / "state"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "simulator.cli", "up", "--state", str(state),
-         "--listen", "127.0.0.1:0"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
-    )  # fmt: skip
-    try:
-        line = _read_ready(process)
-        yield Sim(state, line.removeprefix("ready "))
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
-def kms(
-    profile: Path, *args: str, stdin: bytes = b"", expect: int | None = 0
-) -> subprocess.CompletedProcess[bytes]:
-    done = subprocess.run(
-        [*KMS, "--profile", str(profile), *args],
-        input=stdin, capture_output=True, timeout=60, check=False,
-    )  # fmt: skip
-    if expect is not None:
-        assert done.returncode == expect, (args, done.returncode, done.stderr.decode())
-    if done.returncode != 0:
-        # every failure: one line on stderr
-        assert len(done.stderr.decode().strip().splitlines()) == 1, done.stderr
-    return done
+    with running_sim(tmp_path_factory.mktemp("kms-cli") / "state") as running:
+        yield running
 
 
 def kms_json(profile: Path, *args: str, stdin: bytes = b"") -> object:
