@@ -9,8 +9,6 @@ paused it).
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -19,12 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from host import EnclaveAddress, HostProxy, ListenAddress, ProxyConfig
+from tests.support.tls import write_self_signed
 
 LOOP_FACTORIES: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "asyncio": asyncio.new_event_loop
@@ -56,36 +51,8 @@ class TlsIdentity:
 
 
 def make_tls_identity(directory: Path, common_name: str = "enclave.test") -> TlsIdentity:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path = directory / f"{common_name}.crt"
-    key_path = directory / f"{common_name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return TlsIdentity(cert_path, key_path, cert.public_bytes(serialization.Encoding.DER))
+    cert_path, key_path, der = write_self_signed(directory, common_name, stem=common_name)
+    return TlsIdentity(cert_path, key_path, der)
 
 
 @pytest.fixture(scope="session")
