@@ -79,7 +79,7 @@ class _Entry:
     request_digest: str | None
     status: int | None
     details: dict[str, Any]
-    time: str
+    time: float  # the clock at submission; formatted by the writer thread (``_chain``)
     # Exactly one of the two: a thread-safe future (``submit``) or an asyncio future and
     # its loop (``record``), settled on that loop.
     future: Future[AuditRecord] | None = None
@@ -135,7 +135,10 @@ class AuditLog:
         self._clock = clock
         self._on_failure = on_failure
         self._on_recovery = on_recovery
-        self._queue: queue.Queue[_Entry | None] = queue.Queue(self._config.max_queue)
+        # A SimpleQueue (no Condition: a put from the event loop neither takes a Python
+        # lock nor wakes the writer through one), bounded in ``_enqueue``.
+        self._queue: queue.SimpleQueue[_Entry | None] = queue.SimpleQueue()
+        self._max_queue = self._config.max_queue
         self._pending: list[AuditRecord] = []
         self._healthy = True
         self._written = 0
@@ -268,17 +271,17 @@ class AuditLog:
             request_digest=self.digest(request) if request is not None else None,
             status=status,
             details=merged,
-            time=datetime.fromtimestamp(self._clock(), UTC).isoformat(timespec="microseconds"),
+            time=self._clock(),
             future=future,
             waiter=waiter,
         )
         scope = self._scope.get()
         if scope is not None:
             scope.records += 1
-        try:
-            self._queue.put_nowait(entry)
-        except queue.Full:
+        if 0 < self._max_queue <= self._queue.qsize():
             _settle([entry], None, AuditUnavailable("audit buffer is full"))
+            return
+        self._queue.put_nowait(entry)
 
     async def record(self, **kwargs: Any) -> AuditRecord:
         """Submit and wait until the record is durable; raise AuditUnavailable otherwise."""
@@ -409,7 +412,7 @@ class AuditLog:
     def _chain(self, entry: _Entry) -> AuditRecord:
         record = AuditRecord(
             seq=self._next_seq,
-            time=entry.time,
+            time=datetime.fromtimestamp(entry.time, UTC).isoformat(timespec="microseconds"),
             principal=entry.principal,
             operation=entry.operation,
             outcome=entry.outcome,
@@ -449,7 +452,7 @@ class AuditLog:
             request_digest=None,
             status=None,
             details={"kms_id": self.kms_id},
-            time=datetime.fromtimestamp(self._clock(), UTC).isoformat(timespec="microseconds"),
+            time=self._clock(),
         )
         return self._chain(entry)
 
