@@ -156,9 +156,13 @@ async def body_of(request: web.Request, model: type[M]) -> M:
     return parse(model, document)
 
 
+# ``json.dumps(..., separators=...)`` builds this encoder per call; one serves every answer.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
 def answer(body: Any, status: int = 200) -> web.Response:
     return web.Response(
-        status=status, body=json.dumps(body, separators=(",", ":")).encode(),
+        status=status, body=_COMPACT.encode(body).encode(),
         content_type="application/json", headers={"Cache-Control": "no-store"},
     )  # fmt: skip
 

@@ -9,6 +9,10 @@ MAX_CONTEXT_BYTES = 8192
 MAX_CONTEXT_PAIRS = 64
 
 
+# ``json.dumps(..., separators=(",", ":"))`` builds this encoder per call; one is enough.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
 class InvalidContext(ValueError):
     type = "invalid-context"
 
@@ -22,7 +26,7 @@ def canonical_context(context: Mapping[str, str] | None) -> bytes:
     for key, value in context.items():
         if not isinstance(key, str) or not isinstance(value, str) or not key:
             raise InvalidContext("encryption context keys and values must be non-empty strings")
-    encoded = json.dumps(dict(sorted(context.items())), separators=(",", ":")).encode()
+    encoded = _COMPACT.encode(dict(sorted(context.items()))).encode()
     if len(encoded) > MAX_CONTEXT_BYTES:
         raise InvalidContext("encryption context is too large")
     return encoded
