@@ -108,9 +108,7 @@ class SymmetricKey:
         if (ciphertext.key_id, ciphertext.version) != (self.key_id, self.version):
             raise CiphertextFormatError("ciphertext names another key version")
         try:
-            return self._aead.decrypt(
-                ciphertext.nonce, ciphertext.sealed, ciphertext.aad(context)
-            )
+            return self._aead.decrypt(ciphertext.nonce, ciphertext.sealed, ciphertext.aad(context))
         except InvalidTag:
             raise DecryptionFailed() from None
 
