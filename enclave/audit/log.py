@@ -25,7 +25,6 @@ settled only after the sink's ``append`` (write + fsync) returned.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import hashlib
 import hmac
@@ -34,7 +33,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -91,6 +90,24 @@ class RequestScope:
     """Records submitted while one request was handled (see ``AuditLog.request_scope``)."""
 
     records: int = 0
+
+
+class _ScopeContext:
+    """``AuditLog.request_scope``'s context manager: a plain class, since it is entered once
+    per request (a generator-based one costs a generator and its frames each time)."""
+
+    __slots__ = ("_token", "_var", "scope")
+
+    def __init__(self, var: contextvars.ContextVar[RequestScope | None]) -> None:
+        self._var = var
+        self.scope = RequestScope()
+
+    def __enter__(self) -> RequestScope:
+        self._token = self._var.set(self.scope)
+        return self.scope
+
+    def __exit__(self, *exc: object) -> None:
+        self._var.reset(self._token)
 
 
 @dataclass(frozen=True)
@@ -175,16 +192,10 @@ class AuditLog:
             except Exception:
                 log.exception("audit %s listener failed", event)
 
-    @contextlib.contextmanager
-    def request_scope(self) -> Iterator[RequestScope]:
+    def request_scope(self) -> _ScopeContext:
         """``with audit.request_scope() as scope:`` every record submitted in this context
         (this task, and tasks it starts) while the block runs is counted in ``scope``."""
-        scope = RequestScope()
-        token = self._scope.set(scope)
-        try:
-            yield scope
-        finally:
-            self._scope.reset(token)
+        return _ScopeContext(self._scope)
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
