@@ -177,44 +177,15 @@ class Guard:
         """Run an already authorised ``body`` and audit it (also used by scheduler jobs)."""
         try:
             result = await body(note)
-        except AccessDenied as exc:  # a check inside the operation (second key, ownership)
-            await self._record(
-                principal_id=principal_id,
-                operation=operation,
-                outcome="denied",
-                status=403,
-                note=note,
-                error_type=exc.type,
-            )
-            raise
-        except KmsError as exc:
-            await self._record(
-                principal_id=principal_id,
-                operation=operation,
-                outcome=exc.outcome,
-                status=exc.status,
-                note=note,
-                error_type=exc.type,
-            )
-            raise
-        except VerificationError as exc:
-            await self._record(
-                principal_id=principal_id,
-                operation=operation,
-                outcome="denied",
-                status=403,
-                note=note,
-                error_type=exc.type,
-            )
-            raise
         except Exception as exc:
+            failed_outcome, status, error_type = _failure(exc)
             await self._record(
                 principal_id=principal_id,
                 operation=operation,
-                outcome="error",
-                status=500,
+                outcome=failed_outcome,
+                status=status,
                 note=note,
-                error_type=type(exc).__name__,
+                error_type=error_type,
             )
             raise
         await self._record(
@@ -250,3 +221,14 @@ class Guard:
             details=details,
             sensitive=dict(note.sensitive) or None,
         )
+
+
+def _failure(exc: Exception) -> tuple[str, int, str]:
+    """How a failed operation is audited: (outcome, status, error type)."""
+    if isinstance(exc, AccessDenied):  # a check inside the operation (second key, ownership)
+        return "denied", 403, exc.type
+    if isinstance(exc, KmsError):
+        return exc.outcome, exc.status, exc.type
+    if isinstance(exc, VerificationError):
+        return "denied", 403, exc.type
+    return "error", 500, type(exc).__name__
