@@ -10,7 +10,7 @@ PLATFORM ?= sev-snp
 PYTEST_ARGS ?=
 RESET ?=
 
-.PHONY: run test lint bench soak clean system-deps venv
+.PHONY: run test lint bench soak clean system-deps bench-deps venv
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,14 @@ system-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
+# The benchmarks' load generator: wrk (C; a Python client would eat the cores it measures).
+bench-deps:
+	@if ! command -v wrk >/dev/null; then \
+	  echo "installing: wrk"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk >/dev/null; \
+	fi
+
 run: $(STAMP) system-deps
 	$(BIN)/kms-sim up --state $(STATE) --listen $(LISTEN) --platform $(PLATFORM) $(if $(RESET),--reset)
 
@@ -44,7 +52,7 @@ lint: $(STAMP)
 	$(BIN)/mypy verifier enclave host kms simulator measurements
 	$(BIN)/lint-imports
 
-bench: $(STAMP) system-deps
+bench: $(STAMP) system-deps bench-deps
 	$(BIN)/python -m bench
 
 clean:
