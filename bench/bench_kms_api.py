@@ -6,8 +6,11 @@ strict body parsing -> the guarded service (grant check, HSM-backed KEK, cached 
 durable audit record (group commit) -> answer. The baseline is a bare aiohttp HTTPS server
 on the same machine answering the same request with a body of the same size, driven by the
 same load generator in the same run. Processes: ``kms-sim up`` (verifier, enclave, proxy),
-the bare server, and the load generator (``python -m bench.bench_kms_api load ...``), each
-separate from this one, so the generator does not share a core's event loop with a server.
+the bare server, and the load generator: wrk (``bench.wrk``), which spends microseconds of
+CPU per request where a Python client spends as much as the servers it drives. This
+process attests the enclave and mints the token once with the ``kms`` client library; the
+token is bound to the attested TLS key, so a request that reached anything but the
+attested enclave would be refused, and any non-2xx answer fails the run.
 
 Each operation is measured in ``ROUNDS`` rounds (``KMS_BENCH_ROUNDS``, default 3) of
 ``WINDOW_SECONDS`` (``KMS_BENCH_WINDOW``), ours and the bare server alternating; values are
@@ -16,10 +19,16 @@ The server side's CPU time per request (enclave + proxy processes, against the b
 process) is reported too: unlike a rate, it hardly moves with other load on the machine.
 
 Rows: requests/s for encrypt, decrypt and data key at ``CONNECTIONS`` concurrent keep-alive
-connections (ratio to the bare server's; target >= 0.60), p50/p99 latency at that load and
-p99 one request at a time (target <= 10 ms), our rate against PyKMIP's for the same
-operations (``bench.pykmip_baseline.measure_pykmip``; target >= 10x), and the latency of a
-lifecycle write (key creation: one store commit with fsync + HSM counter, on the loop).
+connections, each sending its next request as soon as the last is answered (ratio to the
+bare server's; target >= 0.60); p50/p99 latency at that load (target p99 <= 10 ms: with
+every connection always waiting, Little's law gives mean latency = connections / rate, so
+64 connections need 6,400 req/s for a 10 ms mean; the bare server's own p99 there is
+printed beside ours); p99 at ``CONNECTIONS`` connections paced to the throughput target
+(each connection waits before its next request so that together they offer 0.60 of the
+bare server's rate: the latency at the target load, ours and the bare server's); p99 one
+request at a time; our rate against PyKMIP's for the same operations
+(``bench.pykmip_baseline.measure_pykmip``; target >= 10x), and the latency of a lifecycle
+write (key creation: one store commit with fsync + HSM counter, on the loop).
 """
 
 from __future__ import annotations
@@ -41,76 +50,29 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import BenchResult, result
+from bench.wrk import WrkLoad, WrkRun, run_wrk
 
 CONNECTIONS = 64
 # Short rounds, ours and the bare server alternating (which one goes first alternates too),
 # reported as medians with the spread over rounds: the machine is shared and noisy, and a
 # burst of someone else's load then hits both sides alike instead of one run.
 ROUNDS = int(os.environ.get("KMS_BENCH_ROUNDS", "3"))
-WINDOW_SECONDS = float(os.environ.get("KMS_BENCH_WINDOW", "2.5"))
-LATENCY_SECONDS = 0.75
+WINDOW_SECONDS = int(os.environ.get("KMS_BENCH_WINDOW", "3"))  # wrk takes whole seconds
+PACED_SECONDS = 3
+SINGLE_SECONDS = 1
+TARGET_RATIO = 0.60
 PAYLOAD_BYTES = 1024
 READY_TIMEOUT = 120.0
 ROOT = Path(__file__).resolve().parent.parent
 
 
-# -- the load generator (a separate process) ----------------------------------------------------
-async def _load(spec: dict[str, Any]) -> dict[str, Any]:
-    import aiohttp
-
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    fingerprint = spec.get("fingerprint")
-    ssl_arg: Any = aiohttp.Fingerprint(bytes.fromhex(fingerprint)) if fingerprint else context
-    connector = aiohttp.TCPConnector(limit=spec["connections"], ssl=ssl_arg, force_close=False)
-    headers = {"Content-Type": "application/json", **spec.get("headers", {})}
-    body = spec["body"].encode()
-    url = spec["url"]
-    results: dict[str, Any] = {}
-    async with aiohttp.ClientSession(connector=connector) as session:
-
-        async def one() -> float:
-            start = time.perf_counter()
-            async with session.post(url, data=body, headers=headers) as response:
-                await response.read()
-                if response.status != 200:
-                    raise RuntimeError(f"HTTP {response.status}: {(await response.text())[:200]}")
-            return time.perf_counter() - start
-
-        async def worker(deadline: float, samples: list[float]) -> None:
-            while time.perf_counter() < deadline:
-                samples.append(await one())
-
-        # warm up: open every connection
-        await asyncio.gather(*(one() for _ in range(spec["connections"])))
-        loaded: list[float] = []
-        start = time.perf_counter()
-        await asyncio.gather(
-            *(worker(start + spec["seconds"], loaded) for _ in range(spec["connections"]))
-        )
-        elapsed = time.perf_counter() - start
-        single: list[float] = []
-        await worker(time.perf_counter() + spec["latency_seconds"], single)
-    loaded.sort()
-    single.sort()
-    results["requests"] = spec["connections"] + len(loaded) + len(single)
-    results["rate"] = len(loaded) / elapsed
-    results["p50_ms"] = 1000 * loaded[len(loaded) // 2]
-    results["p99_ms"] = 1000 * loaded[int(len(loaded) * 0.99)]
-    results["single_p50_ms"] = 1000 * statistics.median(single)
-    results["single_p99_ms"] = 1000 * single[int(len(single) * 0.99)]
-    return results
-
-
-def _run_load(spec: dict[str, Any]) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.bench_kms_api", "load"],
-        input=json.dumps(spec).encode(), capture_output=True, cwd=ROOT, timeout=120, check=False,
-    )  # fmt: skip
-    if done.returncode != 0:
-        raise RuntimeError(f"load generator failed: {done.stderr.decode()[-1000:]}")
-    return dict(json.loads(done.stdout))
+# -- the load (wrk) ---------------------------------------------------------------------------
+def _load(url: str, body: str, headers: dict[str, str], *, connections: int, seconds: int,
+          delay_ms: float | None = None) -> WrkRun:  # fmt: skip
+    return run_wrk(WrkLoad(
+        url=url, connections=connections, seconds=seconds, method="POST", body=body,
+        headers={"Content-Type": "application/json", **headers}, delay_ms=delay_ms,
+    ))  # fmt: skip
 
 
 # -- the bare server (a separate process) ---------------------------------------------------------
@@ -206,9 +168,10 @@ def _cpu_seconds(pid: int) -> float:
     return total
 
 
-def _kms_requests(profile_path: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]], float]:
+def _kms_requests(profile_path: Path) -> tuple[dict[str, str], dict[str, dict[str, Any]], float]:
     """Attest, mint one token for the attested key, make a key and a ciphertext; the
-    request bodies and the lifecycle write latency (ms, median of key creations)."""
+    request headers and bodies, and the lifecycle write latency (ms, median of key
+    creations)."""
     from kms.credentials import Credentials, SyncAuthorizedClient
     from kms.profile import Profile
 
@@ -233,31 +196,43 @@ def _kms_requests(profile_path: Path) -> tuple[dict[str, Any], dict[str, dict[st
 
     spki = spki_der_of_certificate(attested.certificate_der)
     token = credentials.token(audience=info["audience"], lifetime=300, tls_spki_der=spki)
-    target = {"url": profile.endpoints[0], "fingerprint": attested.certificate_sha256.hex(),
-              "headers": {"Authorization": f"Bearer {token}"}}  # fmt: skip
+    headers = {"Authorization": f"Bearer {token}"}
     bodies = {
         "encrypt": {"key_id": key_id, "plaintext": plaintext, "context": context},
         "decrypt": {"ciphertext": sealed["ciphertext"], "context": context},
         "datakey": {"key_id": key_id, "context": context},
     }
-    return target, bodies, statistics.median(creations)
+    return headers, bodies, statistics.median(creations)
 
 
-def _measured(spec: dict[str, Any], server_pid: int) -> dict[str, Any]:
-    """One load run, with the server side's CPU seconds per request (warm-up and the
-    one-at-a-time window included in the requests counted)."""
+def _measured(server_pid: int, url: str, body: str, headers: dict[str, str]) -> dict[str, float]:
+    """One closed-loop run at ``CONNECTIONS`` and one request at a time, with the server
+    side's CPU seconds per request over both."""
     before = _cpu_seconds(server_pid)
-    run = _run_load(spec)
+    loaded = _load(url, body, headers, connections=CONNECTIONS, seconds=WINDOW_SECONDS)
+    single = _load(url, body, headers, connections=1, seconds=SINGLE_SECONDS)
     spent = _cpu_seconds(server_pid) - before
-    run["cpu_ms_per_request"] = 1000 * spent / max(1, run["requests"])
-    return run
+    return {
+        "rate": loaded.rate, "p50_ms": loaded.p50_ms, "p99_ms": loaded.p99_ms,
+        "single_p50_ms": single.p50_ms, "single_p99_ms": single.p99_ms,
+        "cpu_ms_per_request": 1000 * spent / max(1, loaded.requests + single.requests),
+    }  # fmt: skip
 
 
-def _median(runs: list[dict[str, Any]], name: str) -> float:
+def _paced(url: str, body: str, headers: dict[str, str], rate: float) -> dict[str, float]:
+    """``CONNECTIONS`` connections together offering about ``rate`` req/s: each waits
+    ``CONNECTIONS / rate`` before its next request (wrk's ``delay``)."""
+    delay_ms = 1000 * CONNECTIONS / rate
+    run = _load(url, body, headers, connections=CONNECTIONS, seconds=PACED_SECONDS,
+                delay_ms=delay_ms)  # fmt: skip
+    return {"paced_rate": run.rate, "paced_p50_ms": run.p50_ms, "paced_p99_ms": run.p99_ms}
+
+
+def _median(runs: list[dict[str, float]], name: str) -> float:
     return float(statistics.median(r[name] for r in runs))
 
 
-def _spread(runs: list[dict[str, Any]], name: str, digits: int = 0) -> str:
+def _spread(runs: list[dict[str, float]], name: str, digits: int = 0) -> str:
     values = [r[name] for r in runs]
     return f"{min(values):.{digits}f}-{max(values):.{digits}f}"
 
@@ -271,24 +246,28 @@ def run() -> list[BenchResult]:
         cert, key = _self_signed(work)
         bare = None
         try:
-            target, bodies, write_ms = _kms_requests(work / "sim" / "client.toml")
+            headers, bodies, write_ms = _kms_requests(work / "sim" / "client.toml")
             bare, port = _spawn(["-m", "bench.bench_kms_api", "bare", str(cert), str(key),
                                  str(PAYLOAD_BYTES * 2)], "ready ")  # fmt: skip
-            ours: dict[str, list[dict[str, Any]]] = {op: [] for op in bodies}
-            base: dict[str, list[dict[str, Any]]] = {op: [] for op in bodies}
-            common = {"connections": CONNECTIONS, "seconds": WINDOW_SECONDS,
-                      "latency_seconds": LATENCY_SECONDS}  # fmt: skip
-            assert bare is not None
-            sides = {"ours": (ours, url, target, sim.pid),
+            ours: dict[str, list[dict[str, float]]] = {op: [] for op in bodies}
+            base: dict[str, list[dict[str, float]]] = {op: [] for op in bodies}
+            sides = {"ours": (ours, url, headers, sim.pid),
                      "bare": (base, f"https://127.0.0.1:{port}", {}, bare.pid)}  # fmt: skip
             for round_number in range(ROUNDS):
                 order = ("ours", "bare") if round_number % 2 == 0 else ("bare", "ours")
                 for op, body in bodies.items():
                     for side in order:
                         runs, base_url, extra, pid = sides[side]
-                        spec = {**common, **extra, "url": f"{base_url}/v1/{op}",
-                                "body": json.dumps(body)}  # fmt: skip
-                        runs[op].append(_measured(spec, pid))
+                        runs[op].append(_measured(pid, f"{base_url}/v1/{op}", json.dumps(body),
+                                                  extra))  # fmt: skip
+            paced: dict[str, dict[str, dict[str, float]]] = {}
+            for op, body in bodies.items():  # both at the target load: 0.60 of the bare rate
+                offered = TARGET_RATIO * _median(base[op], "rate")
+                paced[op] = {
+                    side: _paced(f"{sides[side][1]}/v1/{op}", json.dumps(body), sides[side][2],
+                                 offered)
+                    for side in ("ours", "bare")
+                }  # fmt: skip
         finally:
             if bare is not None:
                 _stop(bare)
@@ -306,9 +285,9 @@ def run() -> list[BenchResult]:
         rate = _median(mine, "rate")
         rows.append(result(
             f"kms_api_{op}_rps_{CONNECTIONS}conn", rate, "req/s",
-            f"bare aiohttp HTTPS, same body size and load generator; {n}, rounds: ours "
+            f"bare aiohttp HTTPS, same body size, wrk {CONNECTIONS} conns; {n}, rounds: ours "
             f"{_spread(mine, 'rate')}, bare {_spread(bare_runs, 'rate')}",
-            _median(bare_runs, "rate"), ">= 0.60"))  # fmt: skip
+            _median(bare_runs, "rate"), f">= {TARGET_RATIO:.2f}"))  # fmt: skip
         rows.append(result(
             f"kms_api_{op}_p50_ms_{CONNECTIONS}conn", _median(mine, "p50_ms"), "ms",
             f"bare aiohttp HTTPS p50 at the same load; {n}, rounds: ours "
@@ -316,9 +295,17 @@ def run() -> list[BenchResult]:
             _median(bare_runs, "p50_ms"), "informational"))  # fmt: skip
         rows.append(result(
             f"kms_api_{op}_p99_ms_{CONNECTIONS}conn", _median(mine, "p99_ms"), "ms",
-            f"bare aiohttp HTTPS p99 at the same load; {n}, rounds: ours "
+            f"bare aiohttp HTTPS p99 at the same load (closed loop: mean latency = "
+            f"{CONNECTIONS} / rate); {n}, rounds: ours "
             f"{_spread(mine, 'p99_ms', 1)}, bare {_spread(bare_runs, 'p99_ms', 1)}",
             _median(bare_runs, "p99_ms"), "<= 10 ms"))  # fmt: skip
+        at = paced[op]
+        rows.append(result(
+            f"kms_api_{op}_p99_ms_{CONNECTIONS}conn_paced", at["ours"]["paced_p99_ms"], "ms",
+            f"bare aiohttp HTTPS p99 at the same pacing: {CONNECTIONS} conns offering "
+            f"{TARGET_RATIO:.2f} of the bare rate (achieved: ours "
+            f"{at['ours']['paced_rate']:.0f}, bare {at['bare']['paced_rate']:.0f} req/s)",
+            at["bare"]["paced_p99_ms"], "<= 10 ms"))  # fmt: skip
         rows.append(result(
             f"kms_api_{op}_p99_ms_unloaded", _median(mine, "single_p99_ms"), "ms",
             f"bare aiohttp HTTPS p99, one request at a time; {n}, rounds: ours "
@@ -343,15 +330,11 @@ def run() -> list[BenchResult]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.bench_kms_api")
     sub = parser.add_subparsers(dest="mode")
-    sub.add_parser("load", help="(internal) the load generator: spec JSON on stdin")
     bare = sub.add_parser("bare", help="(internal) the bare HTTPS server")
     bare.add_argument("cert")
     bare.add_argument("key")
     bare.add_argument("answer_bytes", type=int)
     args = parser.parse_args(argv)
-    if args.mode == "load":
-        print(json.dumps(asyncio.run(_load(json.loads(sys.stdin.read())))))
-        return 0
     if args.mode == "bare":
         asyncio.run(_bare_server(args.cert, args.key, args.answer_bytes))
         return 0
