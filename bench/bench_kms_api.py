@@ -219,10 +219,13 @@ def _measured(server_pid: int, url: str, body: str, headers: dict[str, str]) -> 
     }  # fmt: skip
 
 
-def _paced(url: str, body: str, headers: dict[str, str], rate: float) -> dict[str, float]:
+def _paced(
+    url: str, body: str, headers: dict[str, str], rate: float, latency_ms: float
+) -> dict[str, float]:
     """``CONNECTIONS`` connections together offering about ``rate`` req/s: each waits
-    ``CONNECTIONS / rate`` before its next request (wrk's ``delay``)."""
-    delay_ms = 1000 * CONNECTIONS / rate
+    ``CONNECTIONS / rate`` less the unloaded latency before its next request (wrk's
+    ``delay``; the rate achieved is reported beside the latency)."""
+    delay_ms = max(0.0, 1000 * CONNECTIONS / rate - latency_ms)
     run = _load(url, body, headers, connections=CONNECTIONS, seconds=PACED_SECONDS,
                 delay_ms=delay_ms)  # fmt: skip
     return {"paced_rate": run.rate, "paced_p50_ms": run.p50_ms, "paced_p99_ms": run.p99_ms}
@@ -265,8 +268,8 @@ def run() -> list[BenchResult]:
                 offered = TARGET_RATIO * _median(base[op], "rate")
                 paced[op] = {
                     side: _paced(f"{sides[side][1]}/v1/{op}", json.dumps(body), sides[side][2],
-                                 offered)
-                    for side in ("ours", "bare")
+                                 offered, _median(runs[op], "single_p50_ms"))
+                    for side, runs in (("ours", ours), ("bare", base))
                 }  # fmt: skip
         finally:
             if bare is not None:
