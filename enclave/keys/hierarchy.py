@@ -311,7 +311,13 @@ class KeyHierarchy:
         self, metadata: KeyMetadata, kek: KeyVersion, blob: bytes, context: bytes = b""
     ) -> bytes:
         """Open an envelope with the version it names (active or decrypt-only)."""
-        ciphertext = Ciphertext.from_bytes(blob)
+        return await self.open(metadata, kek, Ciphertext.from_bytes(blob), context)
+
+    async def open(
+        self, metadata: KeyMetadata, kek: KeyVersion, ciphertext: Ciphertext, context: bytes = b""
+    ) -> bytes:
+        """``decrypt`` of an envelope already parsed (the service parses it once to learn
+        which key it names)."""
         if ciphertext.key_id != metadata.key_id:
             raise DecryptionFailed()
         version = metadata.version(ciphertext.version)

@@ -87,11 +87,12 @@ def _bytes(value: object, name: str, limit: int) -> bytes:
     return value
 
 
-def _key_id_of(ciphertext: object) -> str:
+def _envelope(ciphertext: object) -> Ciphertext:
+    """The parsed envelope (parsed once per request: it names the key and the version)."""
     if not isinstance(ciphertext, bytes) or len(ciphertext) > MAX_CIPHERTEXT_BYTES:
         raise DecryptionFailed()
     try:
-        return Ciphertext.from_bytes(ciphertext).key_id
+        return Ciphertext.from_bytes(ciphertext)
     except CiphertextFormatError:
         raise DecryptionFailed() from None
 
@@ -137,19 +138,22 @@ class CryptoService:
         if self._on_use is not None:
             await self._on_use(metadata, operation)
 
-    async def _open(self, metadata: KeyMetadata, blob: bytes, context: bytes) -> bytes:
+    async def _open(self, metadata: KeyMetadata, envelope: Ciphertext, context: bytes) -> bytes:
         if metadata.purpose is not Purpose.ENCRYPT:
             raise DecryptionFailed()
-        version = self._consumer(metadata, Ciphertext.from_bytes(blob).version)
+        version = self._consumer(metadata, envelope.version)
         try:
-            return await self._hierarchy.decrypt(
-                metadata, self._repo.kek_for(version), blob, context
+            return await self._hierarchy.open(
+                metadata, self._repo.kek_for(version), envelope, context
             )
         except (KeysDecryptionFailed, CiphertextFormatError, WrongWrappingKey):
             raise DecryptionFailed() from None
 
     async def _seal(self, metadata: KeyMetadata, plaintext: bytes, context: bytes) -> bytes:
-        version = self._producer(metadata, Purpose.ENCRYPT)
+        return await self._seal_with(self._producer(metadata, Purpose.ENCRYPT), plaintext, context)
+
+    async def _seal_with(self, version: KeyVersion, plaintext: bytes, context: bytes) -> bytes:
+        """``_seal`` with the version ``_producer`` already chose for this request."""
         with key_errors():
             return await self._hierarchy.encrypt(
                 version, self._repo.kek_for(version), plaintext, context
@@ -170,8 +174,9 @@ class CryptoService:
         async def body(note: AuditNote) -> bytes:
             metadata = self._repo.require(key_id)
             await self._used(metadata, "encrypt")
-            note.key_version = self._producer(metadata, Purpose.ENCRYPT).version
-            return await self._seal(metadata, plaintext, checked["context"])
+            version = self._producer(metadata, Purpose.ENCRYPT)
+            note.key_version = version.version
+            return await self._seal_with(version, plaintext, checked["context"])
 
         return await self._guard.run("keys.encrypt", caller, body, key_id=key_id,
                                      validate=validate)  # fmt: skip
@@ -188,18 +193,18 @@ class CryptoService:
         checked: dict[str, Any] = {}
 
         def validate(note: AuditNote) -> str:
-            named = _key_id_of(ciphertext)
-            if key_id is not None and key_id != named:
+            envelope = checked["envelope"] = _envelope(ciphertext)
+            if key_id is not None and key_id != envelope.key_id:
                 raise DecryptionFailed()
-            note.key_version = Ciphertext.from_bytes(ciphertext).version
+            note.key_version = envelope.version
             checked["context"] = _context(context, note)
-            return named
+            return envelope.key_id
 
         async def body(note: AuditNote) -> bytes:
             assert note.key_id is not None
             metadata = self._repo.require(note.key_id)
             await self._used(metadata, "decrypt")
-            return await self._open(metadata, ciphertext, checked["context"])
+            return await self._open(metadata, checked["envelope"], checked["context"])
 
         return await self._guard.run("keys.decrypt", caller, body, validate=validate)
 
@@ -228,7 +233,7 @@ class CryptoService:
             version = self._producer(metadata, Purpose.ENCRYPT)
             note.key_version = version.version
             secret = self._entropy.random_bytes(length)
-            wrapped = await self._seal(metadata, secret, checked["context"])
+            wrapped = await self._seal_with(version, secret, checked["context"])
             return DataKey(key_id, version.version, wrapped,
                            secret if include_plaintext else None)  # fmt: skip
 
@@ -250,7 +255,8 @@ class CryptoService:
         checked: dict[str, Any] = {}
 
         def validate(note: AuditNote) -> str:
-            named = _key_id_of(ciphertext)
+            envelope = checked["envelope"] = _envelope(ciphertext)
+            named = envelope.key_id
             checked["source_context"] = _context(context, note)
             if destination_key_id is not None:
                 check_key_id(destination_key_id)
@@ -274,7 +280,7 @@ class CryptoService:
             )  # fmt: skip
             note.details["destination_version"] = self._producer(target, Purpose.ENCRYPT).version
             await self._used(source, "decrypt")
-            plaintext = await self._open(source, ciphertext, checked["source_context"])
+            plaintext = await self._open(source, checked["envelope"], checked["source_context"])
             await self._used(target, "encrypt")
             return await self._seal(target, plaintext, checked["destination_context"])
 
