@@ -421,7 +421,7 @@ class AuditLog:
         return True
 
     def _chain(self, entry: _Entry) -> AuditRecord:
-        record = AuditRecord(
+        record = AuditRecord.chained(
             seq=self._next_seq,
             time=datetime.fromtimestamp(entry.time, UTC).isoformat(timespec="microseconds"),
             principal=entry.principal,
@@ -434,7 +434,6 @@ class AuditLog:
             details=entry.details,
             prev_hash=self._prev_hash,
         )
-        record = _with_hash(record)
         if record.is_checkpoint:
             record = _sign(record, self._sign)
             self._since_checkpoint = 0
@@ -506,12 +505,6 @@ def _resolve(
         else:
             # a fresh instance per waiter: one exception object is never raised in two tasks
             waiter.set_exception(AuditUnavailable(str(error or "audit record not written")))
-
-
-def _with_hash(record: AuditRecord) -> AuditRecord:
-    from dataclasses import replace
-
-    return replace(record, hash=record.computed_hash())
 
 
 def _sign(record: AuditRecord, sign: Callable[[bytes], bytes]) -> AuditRecord:

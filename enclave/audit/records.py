@@ -67,6 +67,33 @@ class AuditRecord:
     def computed_hash(self) -> str:
         return hashlib.sha256(canonical_json(self.body())).hexdigest()
 
+    @classmethod
+    def chained(
+        cls,
+        *,
+        seq: int,
+        time: str,
+        principal: str,
+        operation: str,
+        outcome: Outcome,
+        key_id: str | None,
+        key_version: int | None,
+        request_digest: str | None,
+        status: int | None,
+        details: dict[str, Any],
+        prev_hash: str,
+    ) -> AuditRecord:
+        """A new record with its ``hash``, built once (the audit writer makes one per
+        entry, holding the GIL: ``dataclasses.replace`` after the fact built it twice)."""
+        unhashed = cls(
+            seq=seq, time=time, principal=principal, operation=operation, outcome=outcome,
+            key_id=key_id, key_version=key_version, request_digest=request_digest,
+            status=status, details=details, prev_hash=prev_hash,
+        )  # fmt: skip
+        # Frozen: the one field left is set here, as the dataclass __init__ itself does.
+        object.__setattr__(unhashed, "hash", unhashed.computed_hash())
+        return unhashed
+
     def to_line(self) -> bytes:
         data = self.body()
         data["hash"] = self.hash

@@ -208,9 +208,11 @@ class Guard:
         note: AuditNote,
         error_type: str | None,
     ) -> None:
-        details = dict(note.details)
+        # The log copies ``details`` and digests ``sensitive`` as it takes them, so the
+        # note's own dicts are passed as they are (a copy only to add the error).
+        details = note.details
         if error_type is not None:
-            details["error"] = error_type
+            details = {**details, "error": error_type}
         await self._audit.record(
             principal=principal_id,
             operation=operation,
@@ -219,7 +221,7 @@ class Guard:
             key_version=note.key_version,
             status=status,
             details=details,
-            sensitive=dict(note.sensitive) or None,
+            sensitive=note.sensitive or None,
         )
 
 
