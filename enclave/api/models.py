@@ -58,6 +58,25 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+_json_string = json.encoder.encode_basestring_ascii  # what json.dumps uses (ensure_ascii)
+
+
+def compact_json(*fields: tuple[str, str | int]) -> bytes:
+    """A flat JSON object of string and integer fields (distinct names, in the given
+    order), byte for byte what ``json.dumps(dict(fields), separators=(",", ":"))`` gives
+    (the same C string escaper, ``ensure_ascii``), without building an encoder per answer:
+    the crypto answers are on every request's hot path."""
+    parts = []
+    for name, value in fields:
+        if isinstance(value, str):
+            parts.append(f"{_json_string(name)}:{_json_string(value)}")
+        elif type(value) is int:
+            parts.append(f"{_json_string(name)}:{int.__repr__(value)}")
+        else:  # bool is an int to Python, not to JSON: refused rather than miswritten
+            raise TypeError(f"compact_json takes str and int values, not {type(value)!r}")
+    return ("{" + ",".join(parts) + "}").encode("ascii")
+
+
 def _json_type(value: object) -> str:
     if value is None:
         return "null"

@@ -63,6 +63,7 @@ from enclave.api.models import (
     BadInput,
     M,
     b64,
+    compact_json,
     parse,
     parse_json,
     parse_query_float,
@@ -141,13 +142,15 @@ async def read_body(request: web.Request, limit: int) -> bytes:
                        status=413)  # fmt: skip
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_any():
+    content = request.content
+    # ``readany`` directly: ``iter_any`` wraps each chunk in an async iterator step.
+    while chunk := await content.readany():
         size += len(chunk)
         if size > limit:
             raise BadInput(f"the body is larger than {limit} bytes", slug="payload-too-large",
                            status=413)  # fmt: skip
         chunks.append(chunk)
-    return b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def body_of(request: web.Request, model: type[M]) -> M:
@@ -161,8 +164,12 @@ _COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
 def answer(body: Any, status: int = 200) -> web.Response:
+    return answer_json(_COMPACT.encode(body).encode(), status)
+
+
+def answer_json(encoded: bytes, status: int = 200) -> web.Response:
     return web.Response(
-        status=status, body=_COMPACT.encode(body).encode(),
+        status=status, body=encoded,
         content_type="application/json", headers={"Cache-Control": "no-store"},
     )  # fmt: skip
 
@@ -549,7 +556,9 @@ async def encrypt(request: web.Request) -> web.Response:
         caller_of(request), body.key_id, body.plaintext, body.context
     )
     version = Ciphertext.from_bytes(blob).version
-    return answer({"key_id": body.key_id, "version": version, "ciphertext": b64(blob)})
+    return answer_json(
+        compact_json(("key_id", body.key_id), ("version", version), ("ciphertext", b64(blob)))
+    )
 
 
 @api.add("POST", "/v1/decrypt", "keys.decrypt", key="body")
@@ -559,8 +568,8 @@ async def decrypt(request: web.Request) -> web.Response:
         caller_of(request), body.ciphertext, body.context, key_id=body.key_id
     )
     envelope = Ciphertext.from_bytes(body.ciphertext)
-    return answer({"key_id": envelope.key_id, "version": envelope.version,
-                   "plaintext": b64(plaintext)})  # fmt: skip
+    return answer_json(compact_json(("key_id", envelope.key_id), ("version", envelope.version),
+                                    ("plaintext", b64(plaintext))))  # fmt: skip
 
 
 @api.add("POST", "/v1/datakey", "keys.generate_data_key", key="body")
@@ -570,11 +579,11 @@ async def datakey(request: web.Request) -> web.Response:
         caller_of(request), body.key_id, body.context, include_plaintext=body.plaintext,
         length=body.length,
     )  # fmt: skip
-    out: dict[str, Any] = {"key_id": made.key_id, "version": made.version,
-                           "ciphertext": b64(made.wrapped)}  # fmt: skip
+    out: list[tuple[str, str | int]] = [("key_id", made.key_id), ("version", made.version),
+                                        ("ciphertext", b64(made.wrapped))]  # fmt: skip
     if made.plaintext is not None:
-        out["plaintext"] = b64(made.plaintext)
-    return answer(out)
+        out.append(("plaintext", b64(made.plaintext)))
+    return answer_json(compact_json(*out))
 
 
 @api.add("POST", "/v1/re-encrypt", "keys.re_encrypt", key="body")

@@ -9,8 +9,8 @@ MAX_CONTEXT_BYTES = 8192
 MAX_CONTEXT_PAIRS = 64
 
 
-# ``json.dumps(..., separators=(",", ":"))`` builds this encoder per call; one is enough.
-_COMPACT = json.JSONEncoder(separators=(",", ":"))
+# What ``json.dumps`` escapes strings with (``ensure_ascii``, its default).
+_json_string = json.encoder.encode_basestring_ascii
 
 
 class InvalidContext(ValueError):
@@ -26,7 +26,10 @@ def canonical_context(context: Mapping[str, str] | None) -> bytes:
     for key, value in context.items():
         if not isinstance(key, str) or not isinstance(value, str) or not key:
             raise InvalidContext("encryption context keys and values must be non-empty strings")
-    encoded = _COMPACT.encode(dict(sorted(context.items()))).encode()
+    # Byte for byte ``json.dumps(dict(sorted(context.items())), separators=(",", ":"))``,
+    # written out: every value is a string, and no encoder is built per request.
+    pairs = ",".join(f"{_json_string(k)}:{_json_string(v)}" for k, v in sorted(context.items()))
+    encoded = ("{" + pairs + "}").encode()
     if len(encoded) > MAX_CONTEXT_BYTES:
         raise InvalidContext("encryption context is too large")
     return encoded
