@@ -205,7 +205,7 @@ def authenticate(state: ApiState, request: web.Request) -> Principal:
         if principal is None or not principal.active or principal.kind != "workload":
             raise AuthenticationError("workload is disabled or unknown", "unknown-principal")
         return principal
-    return state.authenticator.authenticate(token).principal
+    return state.authenticator.principal(token)
 
 
 # Header segment -> its kid. Every token of one signer shares one header segment, so this

@@ -108,6 +108,15 @@ class TokenAuthenticator:
                 del self._cache[digest]
 
     def authenticate(self, token: str) -> AuthenticatedCaller:
+        principal, digest, expires_at = self._check(token)
+        return AuthenticatedCaller(principal, digest.hex(), expires_at)
+
+    def principal(self, token: str) -> Principal:
+        """``authenticate(token).principal``, the same checks, without building the caller
+        record (the HTTP API calls this on every request and needs the principal only)."""
+        return self._check(token)[0]
+
+    def _check(self, token: str) -> tuple[Principal, bytes, int]:
         if len(token) > MAX_TOKEN_BYTES:
             raise AuthenticationError("token is too large", "invalid-token")
         now = int(self._clock())
@@ -123,13 +132,13 @@ class TokenAuthenticator:
             principal = self._principals.get(principal_id)
             if principal is None or not principal.active:
                 raise AuthenticationError("principal is disabled or unknown", "unknown-principal")
-            return AuthenticatedCaller(principal, digest.hex(), expires_at)
+            return principal, digest, expires_at
         principal, expires_at = self._verify(token, now)
         with self._lock:
             self._cache[digest] = (principal.id, expires_at)
             while len(self._cache) > self._max_cached:
                 self._cache.popitem(last=False)
-        return AuthenticatedCaller(principal, digest.hex(), expires_at)
+        return principal, digest, expires_at
 
     def _verify(self, token: str, now: int) -> tuple[Principal, int]:
         try:
