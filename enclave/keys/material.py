@@ -73,6 +73,15 @@ class Ciphertext:
         nonce = blob[end + 4 : end + 4 + NONCE_BYTES]
         return cls(key_id, version, nonce, blob[end + 4 + NONCE_BYTES :])
 
+    @staticmethod
+    def named_key_version(blob: bytes) -> tuple[str, int]:
+        """The key id and version in the header of an envelope already known to be well
+        formed (one this service just made, or one ``from_bytes`` accepted), read without
+        building the envelope again."""
+        end = len(MAGIC) + 1 + blob[len(MAGIC)]
+        (version,) = struct.unpack_from(">I", blob, end)
+        return blob[len(MAGIC) + 1 : end].decode("ascii"), version
+
     def aad(self, context: bytes) -> bytes:
         """Header and caller context, length-prefixed so the split is unambiguous."""
         header = self.header()
