@@ -22,6 +22,7 @@ dashboard's charts, since the dashboard must not need a Prometheus server.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import threading
 import time
@@ -190,17 +191,19 @@ class KmsMetrics:
         if error:
             self.errors.labels(method, route, "server" if status >= 500 else "client").inc()
         self.rates.record(self.sources.now(), error)
+        # The first bucket whose bound is >= seconds (none beyond the last bound).
+        bucket = bisect.bisect_left(REQUEST_BUCKETS_SECONDS, seconds)
         with self._lock:
-            acc = self._route_stats.setdefault(
-                (method, route), [0.0, 0.0, 0.0] + [0.0] * len(REQUEST_BUCKETS_SECONDS)
-            )
+            acc = self._route_stats.get((method, route))
+            if acc is None:
+                acc = self._route_stats[(method, route)] = [0.0] * (
+                    3 + len(REQUEST_BUCKETS_SECONDS)
+                )
             acc[0] += 1
             acc[1] += int(error)
             acc[2] += seconds
-            for index, bound in enumerate(REQUEST_BUCKETS_SECONDS):
-                if seconds <= bound:
-                    acc[3 + index] += 1
-                    break
+            if bucket < len(REQUEST_BUCKETS_SECONDS):
+                acc[3 + bucket] += 1
 
     def route_stats(self) -> list[RouteStats]:
         """Per-route totals for the dashboard and reports (p95 from the histogram)."""
