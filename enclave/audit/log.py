@@ -294,11 +294,29 @@ class AuditLog:
             return
         self._queue.put_nowait(entry)
 
-    async def record(self, **kwargs: Any) -> AuditRecord:
-        """Submit and wait until the record is durable; raise AuditUnavailable otherwise."""
+    async def record(
+        self,
+        *,
+        principal: str,
+        operation: str,
+        outcome: Outcome,
+        key_id: str | None = None,
+        key_version: int | None = None,
+        request: bytes | None = None,
+        status: int | None = None,
+        details: dict[str, Any] | None = None,
+        sensitive: dict[str, bytes] | None = None,
+    ) -> AuditRecord:
+        """Submit and wait until the record is durable; raise AuditUnavailable otherwise.
+        (``submit``'s parameters, spelled out: every request passes here, and re-packing
+        ``**kwargs`` twice cost it two dicts.)"""
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[AuditRecord] = loop.create_future()
-        self._enqueue(**kwargs, waiter=(loop, waiter))
+        self._enqueue(
+            principal=principal, operation=operation, outcome=outcome, key_id=key_id,
+            key_version=key_version, request=request, status=status, details=details,
+            sensitive=sensitive, waiter=(loop, waiter),
+        )  # fmt: skip
         return await waiter
 
     def record_sync(self, timeout: float = 30.0, **kwargs: Any) -> AuditRecord:

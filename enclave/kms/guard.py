@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from enclave.audit.log import AuditLog
+from enclave.audit.records import Outcome
 from enclave.auth.access import AccessDenied, GrantDirectory, Requirement, check
 from enclave.auth.principals import Level, Principal, PrincipalDirectory
 from enclave.kms.errors import KmsError
@@ -172,7 +173,7 @@ class Guard:
 
     async def execute(
         self, operation: str, principal_id: str, body: Callable[[AuditNote], Awaitable[T]],
-        note: AuditNote, *, outcome: str = "allowed",
+        note: AuditNote, *, outcome: Outcome = "allowed",
     ) -> T:  # fmt: skip
         """Run an already authorised ``body`` and audit it (also used by scheduler jobs)."""
         try:
@@ -203,7 +204,7 @@ class Guard:
         *,
         principal_id: str,
         operation: str,
-        outcome: str,
+        outcome: Outcome,
         status: int,
         note: AuditNote,
         error_type: str | None,
@@ -225,7 +226,7 @@ class Guard:
         )
 
 
-def _failure(exc: Exception) -> tuple[str, int, str]:
+def _failure(exc: Exception) -> tuple[Outcome, int, str]:
     """How a failed operation is audited: (outcome, status, error type)."""
     if isinstance(exc, AccessDenied):  # a check inside the operation (second key, ownership)
         return "denied", 403, exc.type
