@@ -222,9 +222,9 @@ def _measured(server_pid: int, url: str, body: str, headers: dict[str, str]) -> 
 def _paced(
     url: str, body: str, headers: dict[str, str], rate: float, latency_ms: float
 ) -> dict[str, float]:
-    """``CONNECTIONS`` connections together offering about ``rate`` req/s: each waits
-    ``CONNECTIONS / rate`` less the unloaded latency before its next request (wrk's
-    ``delay``; the rate achieved is reported beside the latency)."""
+    """``CONNECTIONS`` connections together offering about ``rate`` req/s: each waits a
+    random time (exponential, mean ``CONNECTIONS / rate`` less the unloaded latency) before
+    its next request (wrk's ``delay``; the rate achieved is reported beside the latency)."""
     delay_ms = max(0.0, 1000 * CONNECTIONS / rate - latency_ms)
     run = _load(url, body, headers, connections=CONNECTIONS, seconds=PACED_SECONDS,
                 delay_ms=delay_ms)  # fmt: skip

@@ -7,7 +7,7 @@ server. wrk (Debian package ``wrk``; ``make bench`` installs it) spends a few
 microseconds per request on one thread.
 
 A run is described by a ``WrkLoad`` and turned into a Lua script (method, body, headers,
-an optional fixed delay before each request on a connection, and a ``done`` hook that
+an optional random delay before each request on a connection, and a ``done`` hook that
 prints the summary as one JSON line); ``run_wrk`` returns a ``WrkRun``. wrk does not check
 the server's certificate: the KMS benchmark's requests carry a token bound to the attested
 TLS key, so a request that reached anything else would be refused (HTTP 401), and every
@@ -53,7 +53,9 @@ class WrkLoad:
     method: str = "GET"
     body: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
-    delay_ms: float | None = None  # wait before each request on a connection (paced load)
+    # Paced load: each connection waits before its next request, a random time with this
+    # mean (exponential, so connections do not fall into step and arrive as one burst).
+    delay_ms: float | None = None
     threads: int = 1
 
     def __post_init__(self) -> None:
@@ -67,7 +69,10 @@ class WrkLoad:
         for name, value in self.headers.items():
             lines.append(f"wrk.headers[ {_lua_string(name)} ] = {_lua_string(value)}")
         if self.delay_ms is not None:
-            lines.append(f"function delay() return {self.delay_ms:.3f} end")
+            lines.append("math.randomseed(os.time())")  # one Lua state per wrk thread
+            lines.append(
+                f"function delay() return -math.log(1 - math.random()) * {self.delay_ms:.3f} end"
+            )
         return "\n".join(lines) + "\n" + _DONE
 
 

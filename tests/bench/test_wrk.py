@@ -34,7 +34,7 @@ def test_script_sets_method_body_headers_and_pacing() -> None:
     assert "wrk.method = [[POST]]" in script
     assert 'wrk.body = [[{"a": 1}]]' in script
     assert "wrk.headers[ [[Authorization]] ] = [[Bearer t]]" in script
-    assert "function delay() return 2.500 end" in script
+    assert "function delay() return -math.log(1 - math.random()) * 2.500 end" in script
     assert "function done(summary, latency, requests)" in script
 
 
@@ -82,6 +82,15 @@ def test_run_counts_requests_and_latency(server: str) -> None:
     assert run.requests > 0 and run.errors == 0
     assert 0 < run.p50_ms <= run.p99_ms <= run.max_ms
     assert run.rate == pytest.approx(run.requests / run.seconds)
+
+
+@needs_wrk
+def test_paced_run_waits_between_requests(server: str) -> None:
+    load = WrkLoad(url=server, connections=2, seconds=1, method="POST", body="ping",
+                   headers={"X-Token": "t"}, delay_ms=50)  # fmt: skip
+    run = run_wrk(load)
+    # 2 connections waiting 50 ms on average: about 40 requests, far below an unpaced run
+    assert 5 < run.requests < 120 and run.errors == 0
 
 
 @needs_wrk
