@@ -141,9 +141,7 @@ async def _attestation_exchange(
                 connect_timeout,
             )
         except (OSError, TimeoutError, ssl.SSLError) as exc:
-            raise _Undelivered(
-                f"cannot connect: {exc or type(exc).__name__}", endpoint=url
-            ) from None
+            raise _Undelivered(f"cannot connect: {_describe(exc)}", endpoint=url) from None
         try:
             ssl_object = writer.get_extra_info("ssl_object")
             der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
@@ -468,7 +466,7 @@ class AsyncKmsClient:
                 "the endpoint's certificate changed; re-attesting", endpoint=endpoint.url
             ) from None
         except aiohttp.ClientConnectorError as exc:
-            raise _Undelivered(f"cannot connect: {exc}", endpoint=endpoint.url) from None
+            raise _Undelivered(f"cannot connect: {_describe(exc)}", endpoint=endpoint.url) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TransportError(
                 f"connection lost: {type(exc).__name__}: {exc}", endpoint=endpoint.url
@@ -579,3 +577,15 @@ class KmsClient:
 
     def post(self, path: str, body: Any, *, idempotent: bool = False) -> Any:
         return self._runner.run(self._client.post(path, body, idempotent=idempotent))
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception as a one-line reason, never empty (a connection closed during the TLS
+    handshake raises with no message at all)."""
+    if str(exc):
+        return str(exc)
+    if isinstance(exc, (ConnectionError, ssl.SSLEOFError, EOFError)):
+        return "the endpoint closed the connection during the TLS handshake"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return type(exc).__name__

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import socket
 from collections.abc import AsyncIterator
@@ -174,3 +175,23 @@ async def test_all_endpoints_dead(launch: SimulatedLaunch) -> None:
     async with AsyncKmsClient(launch.profile([_dead_url(), _dead_url()]), sleep=Sleeps()) as client:
         with pytest.raises(AllEndpointsFailed):
             await client.attest()
+
+
+async def test_an_endpoint_closing_during_the_handshake_is_named(launch: SimulatedLaunch) -> None:
+    # Accepts, then closes at once: ssl raises with no message, and the reason must still say
+    # what happened (it used to read "cannot connect: ").
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(4096)  # the ClientHello
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        async with AsyncKmsClient(launch.profile([url]), sleep=Sleeps()) as client:
+            with pytest.raises(TransportError) as refused:
+                await client.attest()
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert refused.value.detail.startswith("cannot connect: ")
+    assert "closed the connection during the TLS handshake" in refused.value.detail
