@@ -26,6 +26,8 @@ that are, and what must not roll back is bound to the HSM's monotonic counter::
     kms.db               *  SQLite store (WAL): AEAD records, head MAC'd and bound to the
                             HSM counter; keks/, keys/, system/, system_keys/, kms_config/ ...
     audit/audit.log      *  hash-chained audit records, checkpoints signed by the audit key
+    restore/             *  the restore recipient key (sealed), for restores into this launch
+    backups/             *  backup bundles, each bundle's backup key sealed
     quorum-shares/       *  TDX/Nitro hardware only: custodians' decrypted seal-key shares
 """
 

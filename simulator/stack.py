@@ -395,13 +395,18 @@ def ensure_admin_key(path: Path) -> bytes:
     return loaded.public_key().public_bytes_raw()
 
 
+# Everything the enclave seals to its launch or binds to its HSM token (enclave.server has
+# the layout): after a code change none of it opens, so a reset must take all of it.
 KMS_STATE_ENTRIES = (
-    "hsm", "kms.db", "kms.db-wal", "kms.db-shm", "storage.key.sealed", "audit",
+    "hsm", "kms.db", "kms.db-wal", "kms.db-shm", "storage.key.sealed", "audit", "restore",
+    "quorum-shares",
 )  # fmt: skip
 
 
 def reset_kms_state(state: Path) -> None:
-    """Discard the KMS's own state under ``state`` (keys included); keep the fake hardware."""
+    """Discard the KMS's own state under ``state`` (keys included); keep the fake hardware,
+    the administrator's key, the verifier's key and the backup shelf (``backups/``: bundles
+    are recovery material; their keys stay sealed to the build that made them)."""
     for name in KMS_STATE_ENTRIES:
         path = state / name
         if path.is_dir() and not path.is_symlink():

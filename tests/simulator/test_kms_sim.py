@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from simulator.stack import reset_kms_state
+
 BIN = Path(sys.executable).parent
 
 
@@ -65,3 +67,14 @@ def test_kms_sim_up_attest_and_stop(tmp_path: Path) -> None:
         ["ps", "-eo", "pid,args"], check=False, capture_output=True, text=True
     ).stdout
     assert str(state) not in out.replace(f" {os.getpid()} ", "")
+    # `kms-sim up --reset` (after a code change nothing sealed to the old launch opens):
+    # nothing sealed or bound to the old HSM token may remain, the fake hardware must.
+    reset_kms_state(state)
+    left = sorted(
+        str(p.relative_to(state)) for p in state.rglob("*")
+        if p.is_file() and (p.name.endswith(".sealed") or p.name.startswith("kms.db"))
+        and p.relative_to(state).parts[0] != "backups"
+    )  # fmt: skip
+    assert left == []
+    assert not (state / "hsm").exists() and not (state / "audit").exists()
+    assert (state / "hw").is_dir() and (state / "sim-hw").is_dir()
