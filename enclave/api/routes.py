@@ -120,8 +120,8 @@ PREFIXES = (
     "/v1/sharing", "/v1/encrypt", "/v1/decrypt", "/v1/datakey", "/v1/re-encrypt", "/v1/sign",
     "/v1/verify",
 )  # fmt: skip
-# Wrap keys (KEKs) are the service's own: asking for one gets the service's refusal, which
-# says so, rather than "unknown algorithm".
+# A wrap key is an AES-256-GCM key-wrapping key (data keys and key material sealed under
+# it); the service's own KEKs (AES-256-KWP, in the HSM) are not made through the API.
 DEFAULT_ALGORITHMS = {"encrypt": "AES-256-GCM", "sign": "ED25519", "hpke": "X25519",
                       "wrap": "AES-256-GCM"}  # fmt: skip
 DEFAULT_EVENTS_TIMEOUT = 30.0

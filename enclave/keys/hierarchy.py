@@ -153,7 +153,7 @@ class KeyHierarchy:
         description: str = "",
     ) -> tuple[KeyMetadata, KeyVersion]:
         """A new key with one active version whose secret is wrapped by ``kek``."""
-        if purpose is Purpose.WRAP:
+        if algorithm is Algorithm.AES_256_KWP:
             raise KeyPurposeError("KEKs are made by create_kek (wrapped by the master key)")
         if algorithm not in PURPOSE_ALGORITHMS[purpose]:
             raise KeyPurposeError(f"{algorithm.value} does not serve purpose {purpose.value}")
@@ -176,7 +176,7 @@ class KeyHierarchy:
 
     async def rotate(self, metadata: KeyMetadata, kek: KeyVersion | None) -> KeyMetadata:
         """Add a new active version; the previous active one becomes decrypt-only."""
-        if metadata.purpose is Purpose.WRAP:
+        if metadata.algorithm is Algorithm.AES_256_KWP:  # a KEK: wrapped by the master key
             kek = None
         elif kek is None:
             raise WrongWrappingKey("rotating a key needs the KEK to wrap its new version")

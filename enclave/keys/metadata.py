@@ -51,7 +51,9 @@ class Algorithm(Enum):
 
 PURPOSE_ALGORITHMS: Mapping[Purpose, frozenset[Algorithm]] = {
     Purpose.ENCRYPT: frozenset({Algorithm.AES_256_GCM}),
-    Purpose.WRAP: frozenset({Algorithm.AES_256_KWP}),
+    # AES-256-KWP: the service's KEKs (HSM-resident, wrapped by the master key);
+    # AES-256-GCM: customer key-wrapping keys (wrapped by a KEK, like encrypt keys).
+    Purpose.WRAP: frozenset({Algorithm.AES_256_KWP, Algorithm.AES_256_GCM}),
     Purpose.SIGN: frozenset({Algorithm.RSA_4096_PSS_SHA256, Algorithm.ED25519}),
     Purpose.HPKE: frozenset({Algorithm.X25519_HPKE}),
 }

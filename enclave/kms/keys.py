@@ -370,8 +370,10 @@ class KeyService:
         def validate(note: AuditNote) -> None:
             parsed["purpose"] = p = parse_purpose(purpose)
             parsed["algorithm"] = a = parse_algorithm(algorithm)
-            if p is Purpose.WRAP:
-                raise InvalidRequest("KEKs are the service's own; create encrypt keys instead")
+            if a is Algorithm.AES_256_KWP:
+                raise InvalidRequest(
+                    "AES-256-KWP is the service's own KEKs (in the HSM); a wrap key is AES-256-GCM"
+                )
             if a not in PURPOSE_ALGORITHMS[p]:
                 raise InvalidRequest(f"{a.value} does not serve purpose {p.value}")
             if expires_at is not None and (

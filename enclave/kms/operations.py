@@ -117,7 +117,7 @@ class CryptoService:
 
     # -- helpers -----------------------------------------------------------------------
     def _producer(self, metadata: KeyMetadata, purpose: Purpose) -> KeyVersion:
-        if metadata.purpose is not purpose:
+        if not _serves(metadata, purpose):
             raise InvalidRequest(f"{metadata.key_id} is a {metadata.purpose.value} key")
         if metadata.is_expired(self._clock()):
             raise KeyUnusable(f"{metadata.key_id} has expired")
@@ -139,7 +139,7 @@ class CryptoService:
             await self._on_use(metadata, operation)
 
     async def _open(self, metadata: KeyMetadata, envelope: Ciphertext, context: bytes) -> bytes:
-        if metadata.purpose is not Purpose.ENCRYPT:
+        if not _serves(metadata, Purpose.ENCRYPT):
             raise DecryptionFailed()
         version = self._consumer(metadata, envelope.version)
         try:
@@ -375,3 +375,15 @@ class CryptoService:
 
         return await self._guard.run("keys.get_public_key", caller, body, key_id=key_id,
                                      validate=validate)  # fmt: skip
+
+
+def _serves(metadata: KeyMetadata, purpose: Purpose) -> bool:
+    """Whether a key can be used for ``purpose``. Wrap keys (AES-256-GCM key-wrapping keys)
+    serve the symmetric operations too: a data key, or key material, sealed under them."""
+    if metadata.purpose is purpose:
+        return True
+    return (
+        purpose is Purpose.ENCRYPT
+        and metadata.purpose is Purpose.WRAP
+        and metadata.algorithm is Algorithm.AES_256_GCM
+    )

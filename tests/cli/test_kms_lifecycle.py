@@ -66,8 +66,19 @@ def test_service_lifecycle_through_the_cli(sim: Sim) -> None:
         assert key["id"].startswith("key_") and key["algorithm"] == algorithm
         assert key["owner"] == principal
         made[purpose] = key["id"]
-    wrap = kms(svc, "keys", "create", "--purpose", "wrap", "--json", expect=None)
-    assert wrap.returncode != 0 and b"KEK" in wrap.stderr
+    # a wrap key: AES-256-GCM key-wrapping key; data keys are sealed under it, and only it
+    wrap = kms_json(svc, "keys", "create", "--purpose", "wrap")
+    assert isinstance(wrap, dict)
+    assert wrap["purpose"] == "wrap" and wrap["algorithm"] == "AES-256-GCM"
+    wrapped = kms_json(svc, "datakey", "--key", wrap["id"], "--context", "use=dek")
+    assert isinstance(wrapped, dict) and wrapped["key_id"] == wrap["id"]
+    unwrapped = kms(svc, "decrypt", "--context", "use=dek",
+                    stdin=wrapped["ciphertext"].encode()).stdout  # fmt: skip
+    assert unwrapped == base64.b64decode(wrapped["plaintext"])
+    hsm_kek = kms(svc, "keys", "create", "--purpose", "wrap", "--algorithm", "AES-256-KWP",
+                  "--json", expect=None)  # fmt: skip
+    assert hsm_kek.returncode != 0 and b"AES-256-KWP" in hsm_kek.stderr
+    made["wrap"] = wrap["id"]
     listed = kms_json(svc, "keys", "list")
     assert isinstance(listed, list)
     assert set(made.values()) <= {k["id"] for k in listed}
