@@ -46,7 +46,7 @@ from enclave.identity import SystemIdentity
 from enclave.keys.entropy import EntropySource
 from enclave.keys.errors import KeyMetadataError, WrongWrappingKey
 from enclave.keys.hierarchy import KeyHierarchy
-from enclave.keys.metadata import Algorithm, KeyMetadata, KeyVersion
+from enclave.keys.metadata import KeyMetadata, KeyVersion
 from enclave.sealing.format import Binding
 from enclave.sealing.sealer import Sealer, SealKeyProvider
 from enclave.storage.aio import AsyncStore
@@ -137,7 +137,7 @@ class KmsRuntime:
     async def save_key(self, metadata: KeyMetadata, *, expected_version: int | None = None) -> int:
         """Store ``metadata`` under ``keys/<key_id>`` (``keks/`` for a KEK); returns the
         record's new version. ``expected_version=0``: only if it does not exist yet."""
-        kind = KEKS_KIND if metadata.algorithm is Algorithm.AES_256_KWP else KEYS_KIND
+        kind = KEKS_KIND if metadata.is_kek else KEYS_KIND
         return await self.store.put(
             kind, metadata.key_id, encode_key(metadata), expected_version=expected_version
         )

@@ -176,7 +176,7 @@ class KeyHierarchy:
 
     async def rotate(self, metadata: KeyMetadata, kek: KeyVersion | None) -> KeyMetadata:
         """Add a new active version; the previous active one becomes decrypt-only."""
-        if metadata.algorithm is Algorithm.AES_256_KWP:  # a KEK: wrapped by the master key
+        if metadata.is_kek:  # wrapped by the master key
             kek = None
         elif kek is None:
             raise WrongWrappingKey("rotating a key needs the KEK to wrap its new version")

@@ -464,6 +464,12 @@ class KeyMetadata:
             raise KeyMetadataError("at most one version is active")
 
     @property
+    def is_kek(self) -> bool:
+        """One of the service's KEKs (AES-256-KWP, in the HSM, wrapped by the master key);
+        a customer wrap key (AES-256-GCM) is not."""
+        return self.algorithm is Algorithm.AES_256_KWP
+
+    @property
     def primary(self) -> KeyVersion | None:
         """The active version (the one that encrypts and signs), if any."""
         return next((v for v in self.versions if v.state is VersionState.ACTIVE), None)

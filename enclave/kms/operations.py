@@ -149,11 +149,8 @@ class CryptoService:
         except (KeysDecryptionFailed, CiphertextFormatError, WrongWrappingKey):
             raise DecryptionFailed() from None
 
-    async def _seal(self, metadata: KeyMetadata, plaintext: bytes, context: bytes) -> bytes:
-        return await self._seal_with(self._producer(metadata, Purpose.ENCRYPT), plaintext, context)
-
     async def _seal_with(self, version: KeyVersion, plaintext: bytes, context: bytes) -> bytes:
-        """``_seal`` with the version ``_producer`` already chose for this request."""
+        """AES-256-GCM under ``version`` (the one ``_producer`` chose for this request)."""
         with key_errors():
             return await self._hierarchy.encrypt(
                 version, self._repo.kek_for(version), plaintext, context
@@ -278,11 +275,12 @@ class CryptoService:
                 source if checked["destination"] == source.key_id
                 else self._repo.require(checked["destination"])
             )  # fmt: skip
-            note.details["destination_version"] = self._producer(target, Purpose.ENCRYPT).version
+            destination = self._producer(target, Purpose.ENCRYPT)
+            note.details["destination_version"] = destination.version
             await self._used(source, "decrypt")
             plaintext = await self._open(source, checked["envelope"], checked["source_context"])
             await self._used(target, "encrypt")
-            return await self._seal(target, plaintext, checked["destination_context"])
+            return await self._seal_with(destination, plaintext, checked["destination_context"])
 
         return await self._guard.run("keys.re_encrypt", caller, body, validate=validate)
 
