@@ -48,10 +48,13 @@ from pathlib import Path
 
 from aiohttp import web
 
+from enclave.api.routes import FAST_PATH_ROUTES
 from enclave.app import TLS_IDENTITY, create_app
 from enclave.attestation.providers import ProviderError
 from enclave.bootstrap import BootstrapError
 from enclave.config import ConfigError, EnclaveConfig, ListenAddress
+from enclave.fastpath.routes import FastRoutes
+from enclave.fastpath.site import FastPathSite
 from enclave.hsm.errors import HsmError
 from enclave.sealing.errors import SealingError
 from enclave.storage.errors import StorageError
@@ -93,21 +96,32 @@ def vsock_socket(cid: int, port: int) -> socket.socket:
     return sock
 
 
-def make_site(runner: web.AppRunner, address: ListenAddress, ssl_context: object) -> web.BaseSite:
+def make_site(
+    runner: web.AppRunner,
+    address: ListenAddress,
+    ssl_context: object,
+    routes: FastRoutes,
+    shutdown_timeout: float,
+) -> web.BaseSite:
+    """The listening site: connections start on the fast path (``enclave.fastpath``) for
+    ``routes`` and go to aiohttp for everything else."""
     import ssl
 
     assert isinstance(ssl_context, ssl.SSLContext)
+    timeout = shutdown_timeout
     if address.kind == "unix":
         assert address.path is not None
         _remove_stale_socket(address.path)
-        return web.UnixSite(runner, str(address.path), ssl_context=ssl_context)
+        return FastPathSite(runner, routes, ssl_context=ssl_context, path=str(address.path),
+                            shutdown_timeout=timeout)  # fmt: skip
     if address.kind == "vsock":
         assert address.cid is not None and address.port is not None
-        return web.SockSite(
-            runner, vsock_socket(address.cid, address.port), ssl_context=ssl_context
-        )
+        return FastPathSite(runner, routes, ssl_context=ssl_context,
+                            sock=vsock_socket(address.cid, address.port),
+                            shutdown_timeout=timeout)  # fmt: skip
     assert address.host is not None and address.port is not None
-    return web.TCPSite(runner, address.host, address.port, ssl_context=ssl_context)
+    return FastPathSite(runner, routes, ssl_context=ssl_context, host=address.host,
+                        port=address.port, shutdown_timeout=timeout)  # fmt: skip
 
 
 def bound_address(site: web.BaseSite, address: ListenAddress) -> str:
@@ -120,8 +134,12 @@ def bound_address(site: web.BaseSite, address: ListenAddress) -> str:
     return str(address)
 
 
-async def serve(config: EnclaveConfig, stop: asyncio.Event | None = None) -> None:
-    """Serve until ``stop`` is set (or SIGTERM/SIGINT when ``stop`` is not given)."""
+async def serve(
+    config: EnclaveConfig, stop: asyncio.Event | None = None, *, fast_path: bool = True
+) -> None:
+    """Serve until ``stop`` is set (or SIGTERM/SIGINT when ``stop`` is not given).
+    ``fast_path``: serve the KMS API's hot routes on ``enclave.fastpath`` (else aiohttp
+    serves every request; the answers are the same, the CPU per request is not)."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -135,7 +153,10 @@ async def serve(config: EnclaveConfig, stop: asyncio.Event | None = None) -> Non
     await runner.setup()
     try:
         identity = app[TLS_IDENTITY]
-        site = make_site(runner, config.listen, identity.server_context())
+        wanted = FAST_PATH_ROUTES if fast_path else ()
+        routes = FastRoutes.of(app, wanted, config.limits.max_request_body_bytes)
+        site = make_site(runner, config.listen, identity.server_context(), routes,
+                         config.limits.shutdown_grace_seconds)  # fmt: skip
         await site.start()
         _settle_heap()
         if config.listen.kind == "unix" and config.listen.path is not None:
@@ -200,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
         "ONLY the PUBLICLY KNOWN K/V test key pair (id 64), for local interop tests; anyone "
         "can decrypt what is encrypted to it",
     )  # fmt: skip
+    run.add_argument(
+        "--no-fast-path", action="store_true",
+        help="let aiohttp serve every request (the KMS API's hot routes included)",
+    )  # fmt: skip
     run.add_argument("--log-level", default="INFO")
     return parser
 
@@ -233,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(serve(config))
+            runner.run(serve(config, fast_path=not args.no_fast_path))
     except (
         BootstrapError, ProviderError, ConfigError, HsmError, SealingError, StorageError, OSError,
     ) as exc:  # fmt: skip

@@ -125,6 +125,13 @@ PREFIXES = (
 DEFAULT_ALGORITHMS = {"encrypt": "AES-256-GCM", "sign": "ED25519", "hpke": "X25519",
                       "wrap": "AES-256-GCM"}  # fmt: skip
 DEFAULT_EVENTS_TIMEOUT = 30.0
+# The routes ``enclave.fastpath`` serves without aiohttp's per-request machinery: their
+# handlers use only what its ``FastRequest`` offers (the app, the body, the caller the API
+# middleware authenticated) and answer a ``web.Response`` with a byte body.
+FAST_PATH_ROUTES = (
+    ("POST", "/v1/encrypt"), ("POST", "/v1/decrypt"), ("POST", "/v1/datakey"),
+    ("POST", "/v1/re-encrypt"), ("POST", "/v1/sign"), ("POST", "/v1/verify"),
+)  # fmt: skip
 
 api = ApiRoutes()
 

@@ -1,0 +1,270 @@
+"""One client connection on the fast path, and its hand-over to aiohttp.
+
+A ``FastPathConnection`` reads HTTP/1.1 requests off its transport (TLS already removed by
+the event loop's SSL transport). A request the fast path frames (``enclave.fastpath.framing``)
+for a route it serves (``FastRoutes``) is answered by the application's own middlewares and
+handler (``FastRoute.answer``), one request at a time, in order; pipelined requests wait in
+the buffer. The first request it does not serve (another route, a query string, chunked
+body, ``Expect``, HTTP/1.0, a malformed or oversized head or body...) makes it hand the
+connection to aiohttp for good: a fresh aiohttp ``RequestHandler`` becomes the transport's
+protocol and is given every byte from the start of that request, so aiohttp sees a stream
+that simply starts there.
+
+Like aiohttp (``handler_cancellation`` off), a request being answered is not cancelled when
+the client goes away: its audit record and effects complete, only the answer is dropped.
+Idle keep-alive connections are closed after ``keepalive_seconds`` (aiohttp's default).
+
+Must never: answer a request out of order, frame a request differently from aiohttp (when
+in doubt it hands over), or put a header value or body in a log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import time
+from collections.abc import Callable
+from typing import cast
+
+from aiohttp import web
+from aiohttp.http import SERVER_SOFTWARE
+
+from enclave.fastpath.framing import MAX_HEAD_BYTES, RequestHead, parse_head
+from enclave.fastpath.request import FastRequest
+from enclave.fastpath.routes import FastRoute, FastRoutes
+from enclave.problems import problem_response
+
+log = logging.getLogger("enclave.fastpath")
+
+# aiohttp's RequestHandler default: an idle keep-alive connection is closed after this.
+KEEPALIVE_SECONDS = 3630.0
+_HEAD_END = b"\r\n\r\n"
+_SERVER = f"Server: {SERVER_SOFTWARE}\r\n".encode()
+
+
+class HttpDate:
+    """The ``Date`` header line, formatted once per second."""
+
+    __slots__ = ("_line", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._line = b""
+
+    def line(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._line = f"Date: {email.utils.formatdate(now, usegmt=True)}\r\n".encode()
+        return self._line
+
+
+class ConnectionSet:
+    """The live fast-path connections of one listener (for a graceful stop)."""
+
+    def __init__(self, routes: FastRoutes, fallback: Callable[[], asyncio.Protocol]) -> None:
+        self.routes = routes
+        self.fallback = fallback  # aiohttp's protocol factory (``AppRunner.server``)
+        self.date = HttpDate()
+        self.keepalive_seconds = KEEPALIVE_SECONDS
+        self.live: set[FastPathConnection] = set()
+
+    def protocol(self) -> asyncio.Protocol:
+        """The protocol factory for ``loop.create_server``."""
+        if not self.routes:
+            return self.fallback()
+        return FastPathConnection(self)
+
+    async def drain(self, timeout: float) -> None:
+        """Let requests being answered finish (at most ``timeout`` s), then close all."""
+        busy = [c.in_flight for c in self.live if c.in_flight is not None]
+        if busy:
+            await asyncio.wait(busy, timeout=timeout)
+        for connection in list(self.live):
+            connection.close()
+
+
+class FastPathConnection(asyncio.Protocol):
+    def __init__(self, connections: ConnectionSet) -> None:
+        self._connections = connections
+        self._routes = connections.routes
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self.in_flight: asyncio.Task[None] | None = None
+        self._reading_paused = False
+        self._writing_paused = False
+        self._last_active = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol ----------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        self._connections.live.add(self)
+        loop = asyncio.get_running_loop()
+        self._last_active = loop.time()
+        self._idle_timer = loop.call_at(
+            self._last_active + self._connections.keepalive_seconds, self._check_idle
+        )
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if self.in_flight is None and not self._writing_paused:
+            self._serve_buffered()
+        elif len(self._buffer) > self._routes.body_limit + MAX_HEAD_BYTES:
+            self._pause_reading()
+
+    def eof_received(self) -> bool:
+        return False  # close: a client that stops sending gets no further answers
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._detach()
+        self._transport = None
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self.in_flight is None:
+            self._serve_buffered()
+
+    # -- serving -------------------------------------------------------------------------
+    def _serve_buffered(self) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        buffer = self._buffer
+        if not buffer:
+            return
+        end = buffer.find(_HEAD_END, 0, MAX_HEAD_BYTES + len(_HEAD_END))
+        if end < 0:
+            if len(buffer) >= MAX_HEAD_BYTES + len(_HEAD_END):
+                self._hand_over()
+            return
+        head = parse_head(bytes(buffer[:end]), self._routes.methods)
+        route = None if head is None else self._routes.by_target.get(head.target)
+        if (
+            head is None
+            or route is None
+            or route.method != head.method
+            or head.content_length > self._routes.body_limit
+        ):
+            self._hand_over()
+            return
+        start = end + len(_HEAD_END)
+        stop = start + head.content_length
+        if len(buffer) < stop:
+            return  # the body is still arriving
+        body = bytes(buffer[start:stop])
+        del buffer[:stop]
+        self._last_active = asyncio.get_running_loop().time()
+        self.in_flight = asyncio.get_running_loop().create_task(self._answer(route, head, body))
+
+    async def _answer(self, route: FastRoute, head: RequestHead, body: bytes) -> None:
+        request = FastRequest(
+            self._routes.app, method=head.method, path=route.path, headers=head.headers,
+            match_info=route.match_info, body=body,
+        )  # fmt: skip
+        close = head.close
+        try:
+            # The same composed middlewares aiohttp would run, with a request that offers
+            # what they and the fast routes' handlers use (see enclave.fastpath.request).
+            response = await route.answer(cast(web.Request, request))
+            encoded = _encode(response, close, self._connections.date)
+        except Exception:
+            log.exception("fast path: answering %s %s failed", head.method, route.path)
+            close = True
+            failed = problem_response(500, "internal-error", "Internal error",
+                                      instance=route.path)  # fmt: skip
+            encoded = _encode(failed, close, self._connections.date)
+        finally:
+            self.in_flight = None
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(encoded)
+        self._last_active = asyncio.get_running_loop().time()
+        if close:
+            transport.close()
+            return
+        if self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()
+        if not self._writing_paused:
+            self._serve_buffered()
+
+    # -- hand-over, idleness, closing -----------------------------------------------------
+    def _hand_over(self) -> None:
+        """Give the connection, and every byte from the start of the current request, to
+        a new aiohttp request handler."""
+        transport = self._transport
+        if transport is None:
+            return
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        self._detach()
+        self._transport = None
+        protocol = self._connections.fallback()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        if self._reading_paused:
+            transport.resume_reading()
+        if data:
+            protocol.data_received(data)
+
+    def _check_idle(self) -> None:
+        self._idle_timer = None
+        transport = self._transport
+        if transport is None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = self._last_active + self._connections.keepalive_seconds
+        if self.in_flight is None and loop.time() >= deadline:
+            transport.close()
+            return
+        self._idle_timer = loop.call_at(
+            max(deadline, loop.time() + 1.0), self._check_idle
+        )  # fmt: skip
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and self._transport is not None:
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def _detach(self) -> None:
+        self._connections.live.discard(self)
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+
+def _encode(response: web.StreamResponse, close: bool, date: HttpDate) -> bytes:
+    """The response as bytes on the wire, with the headers aiohttp's writer adds (Date,
+    Server, Content-Length, and Connection: close when closing)."""
+    if not isinstance(response, web.Response) or response.prepared:
+        raise TypeError(f"the fast path cannot send a {type(response).__name__}")
+    body = response.body
+    if body is None:
+        body = b""
+    if not isinstance(body, bytes | bytearray):
+        raise TypeError("the fast path sends byte bodies only")
+    lines = [f"HTTP/1.1 {response.status} {response.reason}\r\n".encode("latin-1")]
+    for name, value in response.headers.items():
+        if name.lower() == "content-length":
+            continue  # counted below, from the body sent
+        if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
+            raise ValueError("a response header contains a line break")
+        lines.append(f"{name}: {value}\r\n".encode("latin-1"))
+    lines.append(b"Content-Length: %d\r\n" % len(body))
+    lines.append(date.line())
+    lines.append(_SERVER)
+    if close:
+        lines.append(b"Connection: close\r\n")
+    lines.append(b"\r\n")
+    lines.append(bytes(body))
+    return b"".join(lines)
