@@ -30,7 +30,7 @@ from typing import cast
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 
-from enclave.fastpath.framing import MAX_HEAD_BYTES, RequestHead, parse_head
+from enclave.fastpath.framing import MAX_HEAD_BYTES, HeadParser, RequestHead
 from enclave.fastpath.request import FastRequest
 from enclave.fastpath.routes import FastRoute, FastRoutes
 from enclave.problems import problem_response
@@ -67,6 +67,7 @@ class ConnectionSet:
         self.routes = routes
         self.fallback = fallback  # aiohttp's protocol factory (``AppRunner.server``)
         self.date = HttpDate()
+        self.heads = HeadParser(routes.methods)
         self.keepalive_seconds = KEEPALIVE_SECONDS
         self.live: set[FastPathConnection] = set()
 
@@ -142,7 +143,7 @@ class FastPathConnection(asyncio.Protocol):
             if len(buffer) >= MAX_HEAD_BYTES + len(_HEAD_END):
                 self._hand_over()
             return
-        head = parse_head(bytes(buffer[:end]), self._routes.methods)
+        head = self._connections.heads.parse(bytes(buffer[:end]))
         route = None if head is None else self._routes.by_target.get(head.target)
         if (
             head is None

@@ -1,6 +1,6 @@
 """Strict framing of one HTTP/1.1 request head, for the fast path.
 
-``parse_head`` accepts only the plainest form of a request the fast path serves: a known
+``HeadParser.parse`` accepts only the plainest form of a request the fast path serves: a known
 method and an exact path (no query, no percent-encoding), ``HTTP/1.1``, token header names,
 visible-ASCII values, exactly one all-digits ``Content-Length``, and none of the headers
 that change framing or the connection (``Transfer-Encoding``, ``Expect``, ``Upgrade``).
@@ -23,11 +23,14 @@ MAX_HEADERS = 100
 MAX_CONTENT_LENGTH_DIGITS = 15
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-# Visible ASCII, space and tab only (RFC 9110 field-value without obs-text).
-_FIELD_VALUE = re.compile(rb"[\x20-\x7e\t]*")
+# Visible ASCII, space, tab and the line ends (RFC 9110 field values without obs-text);
+# a CR or LF that is not part of a CRLF is refused separately.
+_HEAD_BYTES = re.compile(rb"[\x20-\x7e\t\r\n]*")
 _DIGITS = re.compile(rb"[0-9]{1,%d}" % MAX_CONTENT_LENGTH_DIGITS)
 # Headers whose presence means the request is not a plain fixed-length one.
 _HANDED_OVER = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
+# Distinct header names remembered as valid (a client sends the same few every time).
+MAX_KNOWN_NAMES = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,40 +45,63 @@ class RequestHead:
     close: bool
 
 
-def parse_head(head: bytes, methods: frozenset[bytes]) -> RequestHead | None:
-    """``head`` is the request line and header lines, without the final blank line."""
-    lines = head.split(b"\r\n")
-    parts = lines[0].split(b" ")
-    if len(parts) != 3 or parts[2] != b"HTTP/1.1" or parts[0] not in methods:
-        return None
-    method, target = parts[0], parts[1]
-    if not target.startswith(b"/") or b"?" in target or b"%" in target or b"#" in target:
-        return None
-    if len(lines) - 1 > MAX_HEADERS:
-        return None
-    headers: list[tuple[str, str]] = []
-    content_length: int | None = None
-    close = False
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon or _TOKEN.fullmatch(name) is None:
-            return None  # also an obs-fold continuation line, which starts with SP or HT
-        value = value.strip(b" \t")
-        if _FIELD_VALUE.fullmatch(value) is None:
+class HeadParser:
+    """Parses heads for the fast path's ``methods``; remembers which header names it has
+    already checked (bounded), since every request of a client repeats them."""
+
+    def __init__(self, methods: frozenset[bytes]) -> None:
+        self.methods = methods
+        self._names: dict[bytes, bytes] = {}  # a valid name -> its lower case
+
+    def parse(self, head: bytes) -> RequestHead | None:
+        """``head`` is the request line and header lines, without the final blank line."""
+        crlf = head.count(b"\r\n")
+        if (
+            head.count(b"\r") != crlf
+            or head.count(b"\n") != crlf
+            or crlf > MAX_HEADERS
+            or _HEAD_BYTES.fullmatch(head) is None
+        ):
+            return None
+        lines = head.split(b"\r\n")
+        parts = lines[0].split(b" ")
+        if len(parts) != 3 or parts[2] != b"HTTP/1.1" or parts[0] not in self.methods:
+            return None
+        method, target = parts[0], parts[1]
+        if not target.startswith(b"/") or b"?" in target or b"%" in target or b"#" in target:
+            return None
+        headers: list[tuple[str, str]] = []
+        content_length: int | None = None
+        close = False
+        for line in lines[1:]:
+            name, colon, value = line.partition(b":")
+            lowered = self._lowered(name) if colon else None
+            if lowered is None:
+                return None  # also an obs-fold continuation line (starts with SP or HT)
+            value = value.strip(b" \t")
+            if lowered in _HANDED_OVER:
+                return None
+            if lowered == b"content-length":
+                if content_length is not None or _DIGITS.fullmatch(value) is None:
+                    return None
+                content_length = int(value)
+            elif lowered == b"connection":
+                tokens = {token.strip(b" \t").lower() for token in value.split(b",")}
+                if b"upgrade" in tokens:
+                    return None
+                close = b"close" in tokens
+            headers.append((name.decode("ascii"), value.decode("ascii")))
+        if content_length is None:
+            return None
+        return RequestHead(method.decode("ascii"), target, tuple(headers), content_length, close)
+
+    def _lowered(self, name: bytes) -> bytes | None:
+        lowered = self._names.get(name)
+        if lowered is not None:
+            return lowered
+        if _TOKEN.fullmatch(name) is None:
             return None
         lowered = name.lower()
-        if lowered in _HANDED_OVER:
-            return None
-        if lowered == b"content-length":
-            if content_length is not None or _DIGITS.fullmatch(value) is None:
-                return None
-            content_length = int(value)
-        elif lowered == b"connection":
-            tokens = {token.strip(b" \t").lower() for token in value.split(b",")}
-            if b"upgrade" in tokens:
-                return None
-            close = b"close" in tokens
-        headers.append((name.decode("ascii"), value.decode("ascii")))
-    if content_length is None:
-        return None
-    return RequestHead(method.decode("ascii"), target, tuple(headers), content_length, close)
+        if len(self._names) < MAX_KNOWN_NAMES:
+            self._names[name] = lowered
+        return lowered
