@@ -70,6 +70,8 @@ class ConnectionSet:
         self.heads = HeadParser(routes.methods)
         self.keepalive_seconds = KEEPALIVE_SECONDS
         self.live: set[FastPathConnection] = set()
+        self.served = 0  # requests answered on the fast path (tests, diagnostics)
+        self.handed_over = 0  # connections given to aiohttp
 
     def protocol(self) -> asyncio.Protocol:
         """The protocol factory for ``loop.create_server``."""
@@ -159,6 +161,7 @@ class FastPathConnection(asyncio.Protocol):
             return  # the body is still arriving
         body = bytes(buffer[start:stop])
         del buffer[:stop]
+        self._connections.served += 1
         self._last_active = asyncio.get_running_loop().time()
         self.in_flight = asyncio.get_running_loop().create_task(self._answer(route, head, body))
 
@@ -206,6 +209,7 @@ class FastPathConnection(asyncio.Protocol):
         self._buffer.clear()
         self._detach()
         self._transport = None
+        self._connections.handed_over += 1
         protocol = self._connections.fallback()
         transport.set_protocol(protocol)
         protocol.connection_made(transport)

@@ -45,6 +45,10 @@ class FastPathSite(web.BaseSite):
         self._shutdown_timeout = shutdown_timeout
 
     @property
+    def connections(self) -> ConnectionSet:
+        return self._connections
+
+    @property
     def name(self) -> str:
         host, port, path, sock = self._where
         if path is not None:

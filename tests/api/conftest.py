@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import pytest_asyncio
 from aiohttp import web
@@ -34,6 +35,7 @@ from enclave.kms.principals import identity_proof_message
 from enclave.kms.service import KmsService
 from simulator.testing import SimulatedLaunch
 from tests.hsm import support
+from tests.support.fastpath import FastPathTestServer
 
 PROBLEM = "application/problem+json"
 
@@ -203,10 +205,12 @@ def write_launch_config(state: Path, admin: Ed25519PrivateKey) -> None:
     (state / "launch.json").write_text(json.dumps(config))
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+# Every API test runs twice: through aiohttp's own server, and with connections starting on
+# the enclave's fast path (``kms-enclave serve``'s default), which must answer the same.
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=["aiohttp", "fastpath"])
 async def api(
-    shared_hsm: support.SharedHsm, launch_template: SimulatedLaunch,
-    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest, shared_hsm: support.SharedHsm,
+    launch_template: SimulatedLaunch, tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Api]:  # fmt: skip
     state = tmp_path_factory.mktemp("api-state")
     shutil.rmtree(state)
@@ -218,13 +222,23 @@ async def api(
         hsm=shared_hsm.backend,
         counter_label="kms-api-test/" + hashlib.sha256(str(state).encode()).hexdigest()[:20],
     )
-    client = TestClient(TestServer(create_app(config, bootstrap_options=options)))
+    app = create_app(config, bootstrap_options=options)
+    server: TestServer = (
+        FastPathTestServer(app, body_limit=config.limits.max_request_body_bytes)
+        if request.param == "fastpath" else TestServer(app)
+    )  # fmt: skip
+    # On the fast path, a new connection per request: a connection that carries any other
+    # request is handed to aiohttp for good, and every fast route must be tried here.
+    connector = aiohttp.TCPConnector(force_close=True) if request.param == "fastpath" else None
+    client = TestClient(server, connector=connector)
     await client.start_server()
     try:
         kms = client.app[KMS_SERVICE]  # type: ignore[index]
         admins = [p for p in kms.principal_directory.all() if p.kind == "admin"]
         assert len(admins) == 1 and admins[0].public_key == raw_public(admin_key)
         yield Api(client, state, Caller(admins[0].id, admin_key, "root-admin"))
+        if isinstance(server, FastPathTestServer):
+            assert server.served_fast > 0, "no request took the fast path"
     finally:
         await client.close()
 

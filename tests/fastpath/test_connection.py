@@ -1,0 +1,319 @@
+"""The fast path over real sockets: ordering, hand-over to aiohttp, framing attacks, errors,
+disconnects, idleness, a graceful stop, and TLS on uvloop (as ``kms-enclave serve`` runs)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+import uvloop
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from enclave.fastpath.routes import FastRoutes
+from enclave.fastpath.site import FastPathSite
+from tests.support.fastpath import FastPathTestServer
+
+FAST = (("POST", "/fast"), ("POST", "/boom"), ("POST", "/wait"))
+LIMIT = 1000
+
+
+@dataclass
+class Served:
+    count: int = 0
+    finished: int = 0
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def make_app(served: Served) -> web.Application:
+    @web.middleware
+    async def tag(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+        response = await handler(request)
+        response.headers["X-Middleware"] = "ran"
+        return response
+
+    async def fast(request: web.Request) -> web.Response:
+        served.count += 1
+        body = await request.read() if hasattr(request, "read") else await request.content.readany()
+        return web.json_response({"via": type(request).__name__, "n": served.count,
+                                  "bytes": len(body)})  # fmt: skip
+
+    async def boom(request: web.Request) -> web.Response:
+        raise RuntimeError("handler failed")
+
+    async def wait(request: web.Request) -> web.Response:
+        await served.release.wait()
+        served.finished += 1
+        return web.json_response({"waited": True})
+
+    app = web.Application(middlewares=[tag], client_max_size=LIMIT)
+    app.router.add_post("/fast", fast)
+    app.router.add_post("/boom", boom)
+    app.router.add_post("/wait", wait)
+    app.router.add_post("/slow", fast)
+    return app
+
+
+@dataclass
+class Running:
+    server: FastPathTestServer
+    served: Served
+
+    async def open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection(self.server.host, self.server.port)
+
+
+@pytest_asyncio.fixture
+async def running() -> AsyncIterator[Running]:
+    served = Served()
+    server = FastPathTestServer(make_app(served), body_limit=LIMIT, routes=FAST)
+    await server.start_server()
+    try:
+        yield Running(server, served)
+    finally:
+        served.release.set()
+        await server.close()
+
+
+def request(path: str, body: bytes = b"{}", *extra: bytes) -> bytes:
+    head = [b"POST " + path.encode() + b" HTTP/1.1", b"Host: t", *extra]
+    head.append(b"Content-Length: %d" % len(body))
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+async def read_answer(reader: asyncio.StreamReader) -> Answer:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = {}
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return Answer(status, headers, body)
+
+
+async def test_a_fast_request_runs_the_middlewares_and_is_framed_like_aiohttp(
+    running: Running,
+) -> None:
+    reader, writer = await running.open()
+    writer.write(request("/fast", b'{"a": 1}'))
+    answer = await read_answer(reader)
+    assert answer.status == 200
+    assert b'"via": "FastRequest"' in answer.body and b'"bytes": 8' in answer.body
+    assert answer.headers["x-middleware"] == "ran"
+    assert answer.headers["content-type"].startswith("application/json")
+    assert answer.headers["server"].startswith("Python/")
+    datetime.datetime.strptime(answer.headers["date"], "%a, %d %b %Y %H:%M:%S GMT")
+    assert "connection" not in answer.headers  # kept alive
+    writer.write(request("/fast"))
+    assert (await read_answer(reader)).status == 200
+    writer.close()
+
+
+async def test_pipelined_requests_are_answered_in_order(running: Running) -> None:
+    reader, writer = await running.open()
+    writer.write(request("/fast") * 3)
+    numbers = [(await read_answer(reader)).body for _ in range(3)]
+    assert [b'"n": %d' % n in body for n, body in zip((1, 2, 3), numbers, strict=True)] == [
+        True, True, True,
+    ]  # fmt: skip
+    writer.close()
+
+
+async def test_another_route_hands_the_connection_to_aiohttp_in_order(running: Running) -> None:
+    reader, writer = await running.open()
+    writer.write(request("/fast") + request("/slow") + request("/fast"))
+    vias = [(await read_answer(reader)).body for _ in range(3)]
+    assert b"FastRequest" in vias[0]
+    assert b'"via": "Request"' in vias[1] and b'"via": "Request"' in vias[2]
+    assert running.server.site is not None
+    assert running.server.site.connections.handed_over == 1
+    writer.close()
+
+
+async def test_a_body_arriving_in_pieces_is_served_once_complete(running: Running) -> None:
+    reader, writer = await running.open()
+    whole = request("/fast", b'{"key": "' + b"x" * 300 + b'"}')
+    for start in range(0, len(whole), 97):
+        writer.write(whole[start : start + 97])
+        await writer.drain()
+        await asyncio.sleep(0.01)
+    answer = await read_answer(reader)
+    assert answer.status == 200 and b'"bytes": 311' in answer.body
+    assert running.served.count == 1
+    writer.close()
+
+
+async def test_a_chunked_body_goes_to_aiohttp_which_reads_it(running: Running) -> None:
+    reader, writer = await running.open()
+    writer.write(
+        b"POST /fast HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"4\r\nabcd\r\n3\r\nefg\r\n0\r\n\r\n"
+    )
+    answer = await read_answer(reader)
+    assert answer.status == 200 and b'"via": "Request"' in answer.body
+    assert b'"bytes": 7' in answer.body
+    writer.close()
+
+
+@pytest.mark.parametrize(
+    "smuggled",
+    [
+        b"POST /fast HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n"
+        b"\r\n0\r\n\r\nPOST /fast HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}",
+        b"POST /fast HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nContent-Length: 40\r\n\r\n{}"
+        + request("/fast"),
+    ],
+)
+async def test_ambiguous_framing_never_reaches_the_fast_handler(
+    running: Running, smuggled: bytes
+) -> None:
+    reader, writer = await running.open()
+    writer.write(smuggled)
+    answer = await read_answer(reader)
+    assert answer.status == 400  # aiohttp's own refusal
+    assert running.served.count == 0
+    writer.close()
+
+
+async def test_a_declared_body_over_the_limit_is_refused_by_aiohttp(running: Running) -> None:
+    reader, writer = await running.open()
+    writer.write(b"POST /fast HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % (LIMIT + 1))
+    writer.write(b"x" * (LIMIT + 1))
+    answer = await read_answer(reader)
+    assert answer.status == 413
+    assert running.server.served_fast == 0
+    writer.close()
+
+
+async def test_connection_close_is_answered_then_closed(running: Running) -> None:
+    reader, writer = await running.open()
+    writer.write(request("/fast", b"{}", b"Connection: close"))
+    answer = await read_answer(reader)
+    assert answer.status == 200 and answer.headers["connection"] == "close"
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+
+
+async def test_a_failing_handler_gets_a_500_problem_and_the_connection_closes(
+    running: Running,
+) -> None:
+    reader, writer = await running.open()
+    writer.write(request("/boom") + request("/fast"))
+    answer = await read_answer(reader)
+    assert answer.status == 500
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert b"handler failed" not in answer.body  # no exception text leaves
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    assert running.served.count == 0
+    writer.close()
+
+
+async def test_a_request_whose_client_left_still_completes(running: Running) -> None:
+    _, writer = await running.open()
+    writer.write(request("/wait"))
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    writer.close()
+    await asyncio.sleep(0.05)
+    running.served.release.set()
+    for _ in range(100):
+        if running.served.finished:
+            break
+        await asyncio.sleep(0.01)
+    assert running.served.finished == 1
+
+
+async def test_an_idle_connection_is_closed_after_the_keepalive(running: Running) -> None:
+    assert running.server.site is not None
+    running.server.site.connections.keepalive_seconds = 0.2
+    reader, writer = await running.open()
+    writer.write(request("/fast"))
+    assert (await read_answer(reader)).status == 200
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+
+
+async def test_stopping_lets_a_request_in_flight_finish(running: Running) -> None:
+    reader, writer = await running.open()
+    writer.write(request("/wait"))
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    asyncio.get_running_loop().call_later(0.2, running.served.release.set)
+    assert running.server.runner is not None
+    await running.server.runner.cleanup()
+    answer = await read_answer(reader)
+    assert answer.status == 200 and b"waited" in answer.body
+    writer.close()
+
+
+# -- TLS on uvloop, as the enclave serves -----------------------------------------------------
+def _tls_files(directory: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fastpath.test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    (directory / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "k.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ))  # fmt: skip
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(directory / "c.pem", directory / "k.pem")
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.load_verify_locations(directory / "c.pem")
+    client.check_hostname = False
+    return server, client
+
+
+def test_over_tls_on_uvloop_the_hand_over_keeps_the_session(tmp_path: Path) -> None:
+    server_context, client_context = _tls_files(tmp_path)
+
+    async def scenario() -> list[bytes]:
+        served = Served()
+        runner = web.AppRunner(make_app(served), access_log=None)
+        await runner.setup()
+        routes = FastRoutes.of(runner.app, FAST, LIMIT)
+        site = FastPathSite(runner, routes, ssl_context=server_context, host="127.0.0.1", port=0)
+        await site.start()
+        try:
+            assert site._server is not None
+            port = site._server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_context)
+            bodies = []
+            for path in ("/fast", "/fast", "/slow", "/fast"):
+                writer.write(request(path))
+                bodies.append((await read_answer(reader)).body)
+            writer.close()
+            return bodies
+        finally:
+            await runner.cleanup()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        bodies = runner.run(scenario())
+    assert [b"FastRequest" in b for b in bodies] == [True, True, False, False]
+    assert all(b'"via": "Request"' in b for b in bodies[2:])
