@@ -53,6 +53,7 @@ from enclave.app import TLS_IDENTITY, create_app
 from enclave.attestation.providers import ProviderError
 from enclave.bootstrap import BootstrapError
 from enclave.config import ConfigError, EnclaveConfig, ListenAddress
+from enclave.fastpath.delegation import fastpath_runner
 from enclave.fastpath.routes import FastRoutes
 from enclave.fastpath.site import FastPathSite
 from enclave.hsm.errors import HsmError
@@ -146,10 +147,9 @@ async def serve(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
     app = create_app(config)
-    runner = web.AppRunner(
-        app, handle_signals=False, access_log=None,
-        shutdown_timeout=config.limits.shutdown_grace_seconds,
-    )  # fmt: skip
+    runner = fastpath_runner(
+        app, handle_signals=False, shutdown_timeout=config.limits.shutdown_grace_seconds
+    )
     await runner.setup()
     try:
         identity = app[TLS_IDENTITY]

@@ -1,14 +1,18 @@
-"""One client connection on the fast path, and its hand-over to aiohttp.
+"""One client connection on the fast path.
 
 A ``FastPathConnection`` reads HTTP/1.1 requests off its transport (TLS already removed by
-the event loop's SSL transport). A request the fast path frames (``enclave.fastpath.framing``)
-for a route it serves (``FastRoutes``) is answered by the application's own middlewares and
-handler (``FastRoute.answer``), one request at a time, in order; pipelined requests wait in
-the buffer. The first request it does not serve (another route, a query string, chunked
-body, ``Expect``, HTTP/1.0, a malformed or oversized head or body...) makes it hand the
-connection to aiohttp for good: a fresh aiohttp ``RequestHandler`` becomes the transport's
-protocol and is given every byte from the start of that request, so aiohttp sees a stream
-that simply starts there.
+the event loop's SSL transport), one at a time and in order (pipelined requests wait in the
+buffer). Each request it frames (``enclave.fastpath.framing``) is either
+
+- for a route it serves (``FastRoutes``): answered by the application's own middlewares and
+  handler (``FastRoute.answer``) with a light request object; or
+- for any other route: given whole to a fresh aiohttp handler, which answers it as usual;
+  then the connection comes back here (``enclave.fastpath.delegation``).
+
+A request it does not frame (chunked body, ``Expect``, ``Upgrade``, HTTP/1.0, a malformed
+or oversized head or body...) makes it hand the connection to aiohttp for good: a fresh
+aiohttp ``RequestHandler`` becomes the transport's protocol and is given every byte from
+the start of that request, so aiohttp sees a stream that simply starts there.
 
 Like aiohttp (``handler_cancellation`` off), a request being answered is not cancelled when
 the client goes away: its audit record and effects complete, only the answer is dropped.
@@ -30,6 +34,7 @@ from typing import cast
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 
+from enclave.fastpath.delegation import DelegatedTransport
 from enclave.fastpath.framing import MAX_HEAD_BYTES, HeadParser, RequestHead
 from enclave.fastpath.request import FastRequest
 from enclave.fastpath.routes import FastRoute, FastRoutes
@@ -67,11 +72,12 @@ class ConnectionSet:
         self.routes = routes
         self.fallback = fallback  # aiohttp's protocol factory (``AppRunner.server``)
         self.date = HttpDate()
-        self.heads = HeadParser(routes.methods)
+        self.heads = HeadParser()
         self.keepalive_seconds = KEEPALIVE_SECONDS
         self.live: set[FastPathConnection] = set()
         self.served = 0  # requests answered on the fast path (tests, diagnostics)
-        self.handed_over = 0  # connections given to aiohttp
+        self.delegated = 0  # requests answered by aiohttp, the connection kept
+        self.handed_over = 0  # connections given to aiohttp for good
 
     def protocol(self) -> asyncio.Protocol:
         """The protocol factory for ``loop.create_server``."""
@@ -94,7 +100,8 @@ class FastPathConnection(asyncio.Protocol):
         self._routes = connections.routes
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
-        self.in_flight: asyncio.Task[None] | None = None
+        self.in_flight: asyncio.Future[None] | None = None
+        self._delegated: asyncio.Protocol | None = None  # aiohttp's handler, while delegated
         self._reading_paused = False
         self._writing_paused = False
         self._last_active = 0.0
@@ -123,13 +130,19 @@ class FastPathConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._detach()
         self._transport = None
+        if self._delegated is not None:  # aiohttp handles the loss as it always does
+            self._delegated.connection_lost(exc)
 
     def pause_writing(self) -> None:
         self._writing_paused = True
+        if self._delegated is not None:
+            self._delegated.pause_writing()
 
     def resume_writing(self) -> None:
         self._writing_paused = False
-        if self.in_flight is None:
+        if self._delegated is not None:
+            self._delegated.resume_writing()
+        elif self.in_flight is None:
             self._serve_buffered()
 
     # -- serving -------------------------------------------------------------------------
@@ -146,24 +159,25 @@ class FastPathConnection(asyncio.Protocol):
                 self._hand_over()
             return
         head = self._connections.heads.parse(bytes(buffer[:end]))
-        route = None if head is None else self._routes.by_target.get(head.target)
-        if (
-            head is None
-            or route is None
-            or route.method != head.method
-            or head.content_length > self._routes.body_limit
-        ):
+        if head is None or head.content_length > self._routes.body_limit:
             self._hand_over()
             return
         start = end + len(_HEAD_END)
         stop = start + head.content_length
         if len(buffer) < stop:
             return  # the body is still arriving
+        loop = asyncio.get_running_loop()
+        self._last_active = loop.time()
+        route = self._routes.by_target.get(head.target)
+        if route is None or route.method != head.method:
+            raw = bytes(buffer[:stop])
+            del buffer[:stop]
+            self._delegate(raw, head.close)
+            return
         body = bytes(buffer[start:stop])
         del buffer[:stop]
         self._connections.served += 1
-        self._last_active = asyncio.get_running_loop().time()
-        self.in_flight = asyncio.get_running_loop().create_task(self._answer(route, head, body))
+        self.in_flight = loop.create_task(self._answer(route, head, body))
 
     async def _answer(self, route: FastRoute, head: RequestHead, body: bytes) -> None:
         request = FastRequest(
@@ -188,6 +202,13 @@ class FastPathConnection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         transport.write(encoded)
+        self._next(close)
+
+    def _next(self, close: bool) -> None:
+        """After an answer: close, or go on with what is buffered."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
         self._last_active = asyncio.get_running_loop().time()
         if close:
             transport.close()
@@ -197,6 +218,40 @@ class FastPathConnection(asyncio.Protocol):
             transport.resume_reading()
         if not self._writing_paused:
             self._serve_buffered()
+
+    # -- one request answered by aiohttp -------------------------------------------------
+    def _delegate(self, raw: bytes, close: bool) -> None:
+        """``raw`` (one whole request) to a fresh aiohttp handler; back here once it has
+        answered (see enclave.fastpath.delegation)."""
+        transport = self._transport
+        assert transport is not None
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self.in_flight = done
+
+        def finished(closing: bool) -> None:
+            # Two loop turns later: aiohttp's handler first finishes its own bookkeeping
+            # for the request (and closes, when it means to).
+            loop.call_soon(loop.call_soon, self._delegation_over, handler, shim, close)
+            if not done.done():
+                done.set_result(None)
+
+        shim = DelegatedTransport(transport, finished)
+        handler = self._connections.fallback()
+        self._delegated = handler
+        self._connections.delegated += 1
+        handler.connection_made(shim)
+        handler.data_received(raw)
+
+    def _delegation_over(
+        self, handler: asyncio.Protocol, shim: DelegatedTransport, close: bool
+    ) -> None:
+        closing = shim.close_requested
+        shim.detach()
+        self._delegated = None
+        self.in_flight = None
+        handler.connection_lost(None)
+        self._next(close or closing)
 
     # -- hand-over, idleness, closing -----------------------------------------------------
     def _hand_over(self) -> None:

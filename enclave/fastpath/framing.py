@@ -1,14 +1,14 @@
 """Strict framing of one HTTP/1.1 request head, for the fast path.
 
-``HeadParser.parse`` accepts only the plainest form of a request the fast path serves: a known
-method and an exact path (no query, no percent-encoding), ``HTTP/1.1``, token header names,
-visible-ASCII values, exactly one all-digits ``Content-Length``, and none of the headers
-that change framing or the connection (``Transfer-Encoding``, ``Expect``, ``Upgrade``).
-Anything else returns ``None`` and the connection goes to aiohttp, which answers it as it
-always has (including its 400/431 refusals). Being strict here is what keeps the two
-parsers from disagreeing on where a request ends: the fast path frames a request only when
-its length is stated once, unambiguously, and hands over every byte from the start of any
-request it does not frame.
+``HeadParser.parse`` frames only the plainest form of request: an origin-form target of
+visible ASCII (no fragment), ``HTTP/1.1``, token header names, visible-ASCII values, at
+most one all-digits ``Content-Length`` (none: no body, as RFC 9112 says for a request), and
+none of the headers that change framing or the connection (``Transfer-Encoding``,
+``Expect``, ``Upgrade``). Anything else returns ``None`` and the connection goes to aiohttp
+for good, which answers it as it always has (including its 400/431 refusals). Being strict
+here is what keeps the two parsers from disagreeing on where a request ends: the fast path
+frames a request only when its length is stated once, unambiguously, and hands over every
+byte from the start of any request it does not frame.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ MAX_HEADERS = 100
 MAX_CONTENT_LENGTH_DIGITS = 15
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_METHOD = re.compile(rb"[A-Z]{1,20}")
 # Visible ASCII, space, tab and the line ends (RFC 9110 field values without obs-text);
 # a CR or LF that is not part of a CRLF is refused separately.
 _HEAD_BYTES = re.compile(rb"[\x20-\x7e\t\r\n]*")
@@ -46,11 +47,10 @@ class RequestHead:
 
 
 class HeadParser:
-    """Parses heads for the fast path's ``methods``; remembers which header names it has
-    already checked (bounded), since every request of a client repeats them."""
+    """Parses request heads; remembers which header names it has already checked
+    (bounded), since every request of a client repeats them."""
 
-    def __init__(self, methods: frozenset[bytes]) -> None:
-        self.methods = methods
+    def __init__(self) -> None:
         self._names: dict[bytes, bytes] = {}  # a valid name -> its lower case
 
     def parse(self, head: bytes) -> RequestHead | None:
@@ -65,10 +65,10 @@ class HeadParser:
             return None
         lines = head.split(b"\r\n")
         parts = lines[0].split(b" ")
-        if len(parts) != 3 or parts[2] != b"HTTP/1.1" or parts[0] not in self.methods:
+        if len(parts) != 3 or parts[2] != b"HTTP/1.1" or _METHOD.fullmatch(parts[0]) is None:
             return None
         method, target = parts[0], parts[1]
-        if not target.startswith(b"/") or b"?" in target or b"%" in target or b"#" in target:
+        if not target.startswith(b"/") or b"#" in target:
             return None
         headers: list[tuple[str, str]] = []
         content_length: int | None = None
@@ -91,9 +91,9 @@ class HeadParser:
                     return None
                 close = b"close" in tokens
             headers.append((name.decode("ascii"), value.decode("ascii")))
-        if content_length is None:
-            return None
-        return RequestHead(method.decode("ascii"), target, tuple(headers), content_length, close)
+        return RequestHead(
+            method.decode("ascii"), target, tuple(headers), content_length or 0, close
+        )
 
     def _lowered(self, name: bytes) -> bytes | None:
         lowered = self._names.get(name)

@@ -38,7 +38,6 @@ class FastRoute:
 class FastRoutes:
     app: web.Application
     by_target: dict[bytes, FastRoute]
-    methods: frozenset[bytes]
     body_limit: int  # a longer declared body goes to aiohttp, which refuses it (413)
 
     @classmethod
@@ -53,8 +52,7 @@ class FastRoutes:
                 route = _find(app, method, path)
                 if route is not None:
                     routes[path.encode("ascii")] = route
-        methods = frozenset(route.method.encode("ascii") for route in routes.values())
-        return cls(app, routes, methods, body_limit)
+        return cls(app, routes, body_limit)
 
     def __bool__(self) -> bool:
         return bool(self.by_target)

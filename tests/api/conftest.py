@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 import pytest_asyncio
 from aiohttp import web
@@ -227,10 +226,9 @@ async def api(
         FastPathTestServer(app, body_limit=config.limits.max_request_body_bytes)
         if request.param == "fastpath" else TestServer(app)
     )  # fmt: skip
-    # On the fast path, a new connection per request: a connection that carries any other
-    # request is handed to aiohttp for good, and every fast route must be tried here.
-    connector = aiohttp.TCPConnector(force_close=True) if request.param == "fastpath" else None
-    client = TestClient(server, connector=connector)
+    # On the fast path, one keep-alive connection carries every request: the fast routes
+    # are answered on it, every other one by aiohttp in turn.
+    client = TestClient(server)
     await client.start_server()
     try:
         kms = client.app[KMS_SERVICE]  # type: ignore[index]
@@ -239,6 +237,7 @@ async def api(
         yield Api(client, state, Caller(admins[0].id, admin_key, "root-admin"))
         if isinstance(server, FastPathTestServer):
             assert server.served_fast > 0, "no request took the fast path"
+            assert server.delegated > 0, "no request was delegated to aiohttp"
     finally:
         await client.close()
 

@@ -10,6 +10,8 @@ from aiohttp.test_utils import TestServer, get_port_socket
 from yarl import URL
 
 from enclave.api.routes import FAST_PATH_ROUTES
+from enclave.fastpath.delegation import DelegationTracker
+from enclave.fastpath.delegation import log as delegation_log
 from enclave.fastpath.routes import FastRoutes
 from enclave.fastpath.site import FastPathSite
 
@@ -31,7 +33,9 @@ class FastPathTestServer(TestServer):
     async def start_server(self, loop: Any = None, **kwargs: Any) -> None:
         if self.runner:
             return
-        self.runner = await self._make_runner(**kwargs)
+        self.runner = await self._make_runner(
+            access_log_class=DelegationTracker, access_log=delegation_log, **kwargs
+        )
         await self.runner.setup()
         sock = get_port_socket(self.host, 0, socket.AF_INET)
         self.host, self.port = sock.getsockname()[:2]
@@ -41,6 +45,10 @@ class FastPathTestServer(TestServer):
         await self.site.start()
         self.scheme = "http"
         self._root = URL(f"http://{self.host}:{self.port}")
+
+    @property
+    def delegated(self) -> int:
+        return 0 if self.site is None else self.site.connections.delegated
 
     @property
     def served_fast(self) -> int:
