@@ -83,27 +83,17 @@ class _Retryable(KmsError):
         self.delivered = delivered
 
 
-# The enclave serves these on its fast path for as long as a connection carries nothing
-# else (a connection that carries another request is served by aiohttp from then on), so
-# the client keeps them on connections of their own.
-CRYPTO_PATHS = frozenset(
-    {"/v1/encrypt", "/v1/decrypt", "/v1/datakey", "/v1/re-encrypt", "/v1/sign", "/v1/verify"}
-)
-
-
 @dataclass
 class _Endpoint:
     url: str
     attested: AttestationResult | None = None
     session: aiohttp.ClientSession | None = field(default=None, repr=False)
-    crypto_session: aiohttp.ClientSession | None = field(default=None, repr=False)
 
     async def forget(self) -> None:
         self.attested = None
-        for session in (self.session, self.crypto_session):
-            if session is not None:
-                await session.close()
-        self.session = self.crypto_session = None
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
 
 
 def _unverified_tls_context() -> ssl.SSLContext:
@@ -330,7 +320,7 @@ class AsyncKmsClient:
             send_headers.setdefault("Content-Type", "application/json")
 
         async def operation(endpoint: _Endpoint) -> KmsResponse:
-            session = await self._session(endpoint, crypto=path in CRYPTO_PATHS)
+            session = await self._session(endpoint)
             return await self._send(
                 endpoint, session, method.upper(), path, data=data, headers=send_headers
             )
@@ -444,22 +434,14 @@ class AsyncKmsClient:
         """Attest ``endpoint`` afresh and open a session pinned to its certificate."""
         await endpoint.forget()
         result = await self._attest(endpoint)
-        endpoint.session = self._pinned_session(result)
-        endpoint.crypto_session = self._pinned_session(result)
+        connector = aiohttp.TCPConnector(ssl=aiohttp.Fingerprint(result.certificate_sha256))
+        endpoint.session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
         return endpoint.session
 
-    def _pinned_session(self, result: AttestationResult) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(ssl=aiohttp.Fingerprint(result.certificate_sha256))
-        return aiohttp.ClientSession(connector=connector, timeout=self._timeout)
-
-    async def _session(self, endpoint: _Endpoint, *, crypto: bool = False) -> aiohttp.ClientSession:
-        """The pinned session for ``endpoint`` (attested first when it is not yet);
-        ``crypto``: the one that carries only the cryptographic operations."""
+    async def _session(self, endpoint: _Endpoint) -> aiohttp.ClientSession:
         if endpoint.attested is None or endpoint.session is None:
-            await self._open(endpoint)
-        session = endpoint.crypto_session if crypto else endpoint.session
-        assert session is not None
-        return session
+            return await self._open(endpoint)
+        return endpoint.session
 
     async def _send(
         self,
