@@ -134,10 +134,8 @@ def chain(
     tail = f',"status":{_value_json(status)},"time":{_value_json(time)}}}'
     record_hash = hashlib.sha256((head + middle + tail).encode()).hexdigest()
     signature = sign(record_hash) if sign is not None else None
-    line = (
-        f'{head},"hash":{_value_json(record_hash)}{middle}'
-        f',"signature":{_value_json(signature)}{tail}\n'
-    )
+    # A hex digest needs no escaping: quoted as it is.
+    line = f'{head},"hash":"{record_hash}"{middle},"signature":{_value_json(signature)}{tail}\n'
     record = object.__new__(AuditRecord)
     # What the frozen dataclass's ``__init__`` does (every field is given, no defaults are
     # left), as one dict update instead of one ``object.__setattr__`` call per field.
