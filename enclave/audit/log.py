@@ -30,6 +30,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import queue
 import threading
 import time
@@ -44,8 +45,10 @@ from enclave.audit.records import (
     GENESIS_HASH,
     HEADER_TYPE,
     AuditRecord,
+    ChainedRecord,
     Outcome,
     b64,
+    chain,
     signature_message,
 )
 from enclave.audit.sink import AuditSink
@@ -68,7 +71,7 @@ class AuditConfig:
     retry_interval: float = 0.5
 
 
-@dataclass
+@dataclass(slots=True)
 class _Entry:
     principal: str
     operation: str
@@ -156,7 +159,9 @@ class AuditLog:
         # lock nor wakes the writer through one), bounded in ``_enqueue``.
         self._queue: queue.SimpleQueue[_Entry | None] = queue.SimpleQueue()
         self._max_queue = self._config.max_queue
-        self._pending: list[AuditRecord] = []
+        # Chained records not yet durable, each with its line (written on every retry).
+        self._pending: list[ChainedRecord] = []
+        self._format_time = _UtcIsoTime()
         self._healthy = True
         self._written = 0
         self._batches = 0
@@ -397,16 +402,12 @@ class AuditLog:
                     self._pending.append(self._chain(entry))
             _settle(batch, None, AuditUnavailable("audit storage is unavailable"))
             return
-        built: list[tuple[_Entry, AuditRecord]] = []
-        for entry in batch:
-            built.append((entry, self._chain(entry)))
-        records = [r for _, r in built]
-        if self._checkpoint_due(len(records)):
-            records.append(self._checkpoint())
-        self._pending.extend(records)
-        ok = self._try_flush()
-        if ok:
-            _settle([entry for entry, _ in built], [record for _, record in built], None)
+        chained = [self._chain(entry) for entry in batch]
+        self._pending.extend(chained)
+        if self._checkpoint_due(len(chained)):
+            self._pending.append(self._checkpoint())
+        if self._try_flush():
+            _settle(batch, [c.record for c in chained], None)
         else:
             _settle(batch, None, AuditUnavailable("audit storage is unavailable"))
 
@@ -414,7 +415,7 @@ class AuditLog:
         if not self._pending:
             return True
         try:
-            self._sink.append([r.to_line() for r in self._pending])
+            self._sink.append([c.line for c in self._pending])
         except OSError as exc:
             if self._healthy:
                 self._healthy = False
@@ -433,15 +434,27 @@ class AuditLog:
                 self._on_recovery()
             self._notify("on_recovery")
         if self._listeners:
-            for record in written:
-                if not record.is_checkpoint:
-                    self._notify("on_record", record)
+            self._notify_records(written)
         return True
 
-    def _chain(self, entry: _Entry) -> AuditRecord:
-        record = AuditRecord.chained(
+    def _notify_records(self, written: list[ChainedRecord]) -> None:
+        """``on_record`` for each durable record but checkpoints (the callbacks are looked up
+        once per batch, not per record)."""
+        callbacks = [x.on_record for x in self._listeners if x.on_record is not None]
+        for record, _ in written:
+            if record.is_checkpoint:
+                continue
+            for callback in callbacks:
+                try:
+                    callback(record)
+                except Exception:
+                    log.exception("audit on_record listener failed")
+
+    def _chain(self, entry: _Entry) -> ChainedRecord:
+        checkpoint = entry.operation == CHECKPOINT_OPERATION
+        chained = chain(
             seq=self._next_seq,
-            time=datetime.fromtimestamp(entry.time, UTC).isoformat(timespec="microseconds"),
+            time=self._format_time(entry.time),
             principal=entry.principal,
             operation=entry.operation,
             outcome=entry.outcome,
@@ -451,16 +464,19 @@ class AuditLog:
             status=entry.status,
             details=entry.details,
             prev_hash=self._prev_hash,
+            sign=self._sign_checkpoint if checkpoint else None,
         )
-        if record.is_checkpoint:
-            record = _sign(record, self._sign)
+        if checkpoint:
             self._since_checkpoint = 0
             self._last_checkpoint_time = self._clock()
         else:
             self._since_checkpoint += 1
         self._next_seq += 1
-        self._prev_hash = record.hash
-        return record
+        self._prev_hash = chained.record.hash
+        return chained
+
+    def _sign_checkpoint(self, record_hash: str) -> str:
+        return b64(self._sign(signature_message(record_hash)))
 
     def _checkpoint_due(self, added: int) -> bool:
         if self._since_checkpoint == 0:
@@ -470,7 +486,7 @@ class AuditLog:
             or self._time_to_checkpoint() <= 0
         )
 
-    def _checkpoint(self) -> AuditRecord:
+    def _checkpoint(self) -> ChainedRecord:
         entry = _Entry(
             principal="kms",
             operation=CHECKPOINT_OPERATION,
@@ -525,7 +541,31 @@ def _resolve(
             waiter.set_exception(AuditUnavailable(str(error or "audit record not written")))
 
 
-def _sign(record: AuditRecord, sign: Callable[[bytes], bytes]) -> AuditRecord:
-    from dataclasses import replace
+class _UtcIsoTime:
+    """``datetime.fromtimestamp(t, UTC).isoformat(timespec="microseconds")``, byte for byte,
+    with the date and time of day formatted once per second rather than once per record
+    (the writer formats every record's time, holding the GIL)."""
 
-    return replace(record, signature=b64(sign(signature_message(record.hash))))
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, t: float) -> str:
+        if not 0.0 <= t < _FAST_TIME_LIMIT:
+            return datetime.fromtimestamp(t, UTC).isoformat(timespec="microseconds")
+        # datetime's own split: the fraction times 10**6, rounded half to even, may carry.
+        fraction, whole = math.modf(t)
+        second, micro = int(whole), round(fraction * 1e6)
+        if micro >= 1_000_000:
+            second, micro = second + 1, micro - 1_000_000
+        if second != self._second:
+            whole_second = datetime.fromtimestamp(second, UTC).isoformat(timespec="seconds")
+            self._prefix = whole_second.removesuffix("+00:00")
+            self._second = second
+        return f"{self._prefix}.{micro:06d}+00:00"
+
+
+# Below this (the year 9999 is at 253402300800) a time has a four-digit year and no sign.
+_FAST_TIME_LIMIT = 253_402_300_000.0
