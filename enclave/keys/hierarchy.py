@@ -305,7 +305,7 @@ class KeyHierarchy:
         key = await self.unwrap_for_use(version, kek)
         assert isinstance(key, SymmetricKey)
         nonce = self._entropy.random_bytes(NONCE_BYTES)
-        return key.encrypt(plaintext, context, nonce).to_bytes()
+        return key.seal(plaintext, context, nonce)
 
     async def decrypt(
         self, metadata: KeyMetadata, kek: KeyVersion, blob: bytes, context: bytes = b""
