@@ -266,9 +266,7 @@ class KeyHierarchy:
 
     async def unwrap_for_use(self, version: KeyVersion, kek: KeyVersion) -> UsableKey:
         """The version's secret, ready to use (RSA: loaded into the HSM, not returned)."""
-        if not version.can_consume():
-            raise KeyStateError(f"{version.cache_id} is {version.state.value}")
-        ref = self._kek_for(version, kek)
+        ref = self._usable_ref(version, kek)
         try:
             if version.algorithm is Algorithm.AES_256_GCM:
                 return await self._data_key(version, ref)
@@ -282,11 +280,30 @@ class KeyHierarchy:
             return HsmResidentKey(version.key_id, version.version)
         raise KeyPurposeError(f"{version.algorithm.value} keys are not unwrapped for use")
 
-    async def _data_key(self, version: KeyVersion, ref: KekRef) -> SymmetricKey:
+    def _usable_ref(self, version: KeyVersion, kek: KeyVersion) -> KekRef:
+        """The checks before a version's secret is used, and the KEK that unwraps it."""
+        if not version.can_consume():
+            raise KeyStateError(f"{version.cache_id} is {version.state.value}")
+        return self._kek_for(version, kek)
+
+    async def _unwrapped_data_key(self, version: KeyVersion, ref: KekRef) -> SymmetricKey:
+        """``unwrap_for_use`` of an AES-256-GCM version, once its checks passed."""
+        try:
+            return await self._data_key(version, ref)
+        except HsmUnwrapError:
+            raise DecryptionFailed() from None
+
+    def _cached_data_key(self, version: KeyVersion) -> SymmetricKey | None:
         cached = self._data_keys.get(version.cache_id)
         if cached is not None and cached[0] == version.wrapped:
             self._data_keys.move_to_end(version.cache_id)
             return cached[1]
+        return None
+
+    async def _data_key(self, version: KeyVersion, ref: KekRef) -> SymmetricKey:
+        cached = self._cached_data_key(version)
+        if cached is not None:
+            return cached
         secret = await self._backend.unwrap_data_key(ref, version.wrapped)
         key = SymmetricKey(version.key_id, version.version, secret)
         self._data_keys[version.cache_id] = (version.wrapped, key)
@@ -302,8 +319,12 @@ class KeyHierarchy:
             raise KeyPurposeError("only AES-256-GCM keys encrypt")
         if not version.can_produce():
             raise KeyStateError(f"{version.cache_id} cannot encrypt")
-        key = await self.unwrap_for_use(version, kek)
-        assert isinstance(key, SymmetricKey)
+        # ``unwrap_for_use``, with its usual case (the key is in the cache) answered here
+        # without a coroutine: same checks, same key.
+        ref = self._usable_ref(version, kek)
+        key = self._cached_data_key(version)
+        if key is None:
+            key = await self._unwrapped_data_key(version, ref)
         nonce = self._entropy.random_bytes(NONCE_BYTES)
         return key.seal(plaintext, context, nonce)
 
@@ -323,8 +344,10 @@ class KeyHierarchy:
         version = metadata.version(ciphertext.version)
         if version.algorithm is not Algorithm.AES_256_GCM:
             raise KeyPurposeError("only AES-256-GCM keys decrypt")
-        key = await self.unwrap_for_use(version, kek)
-        assert isinstance(key, SymmetricKey)
+        ref = self._usable_ref(version, kek)  # ``unwrap_for_use``, as in ``encrypt``
+        key = self._cached_data_key(version)
+        if key is None:
+            key = await self._unwrapped_data_key(version, ref)
         return key.decrypt(ciphertext, context)
 
     async def sign(self, version: KeyVersion, kek: KeyVersion, message: bytes) -> bytes:
