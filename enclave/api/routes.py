@@ -57,6 +57,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from enclave.api.auth import API_STATE, ApiRoutes, ApiState, caller_of
 from enclave.api.models import (
@@ -157,6 +158,8 @@ async def read_body(request: web.Request, limit: int) -> bytes:
             raise BadInput(f"the body is larger than {limit} bytes", slug="payload-too-large",
                            status=413)  # fmt: skip
         chunks.append(chunk)
+        if size == declared:
+            break  # all of a declared body is here: the next read could only say so
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
@@ -174,11 +177,15 @@ def answer(body: Any, status: int = 200) -> web.Response:
     return answer_json(_COMPACT.encode(body).encode(), status)
 
 
+# The headers of every JSON answer, in the order ``content_type=`` after ``headers=`` gave
+# them; the response copies them, so one instance serves every answer.
+_JSON_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(
+    CIMultiDict((("Cache-Control", "no-store"), ("Content-Type", "application/json")))
+)
+
+
 def answer_json(encoded: bytes, status: int = 200) -> web.Response:
-    return web.Response(
-        status=status, body=encoded,
-        content_type="application/json", headers={"Cache-Control": "no-store"},
-    )  # fmt: skip
+    return web.Response(status=status, body=encoded, headers=_JSON_HEADERS)
 
 
 def _level(value: int | None) -> Level | None:
