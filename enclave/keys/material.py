@@ -42,10 +42,7 @@ class Ciphertext:
     sealed: bytes  # ciphertext || tag
 
     def __post_init__(self) -> None:
-        if not KEY_ID_PATTERN.match(self.key_id) or not 1 <= self.version < 2**32:
-            raise CiphertextFormatError("ciphertext names no valid key version")
-        if len(self.nonce) != NONCE_BYTES or len(self.sealed) < TAG_BYTES:
-            raise CiphertextFormatError("ciphertext is truncated")
+        _check_envelope(self.key_id, self.version, self.nonce, self.sealed)
 
     def header(self) -> bytes:
         return _header(self.key_id, self.version)
@@ -68,9 +65,16 @@ class Ciphertext:
             key_id = blob[start:end].decode("ascii")
         except UnicodeDecodeError:
             raise CiphertextFormatError("ciphertext names no valid key version") from None
-        (version,) = struct.unpack(">I", blob[end : end + 4])
+        (version,) = struct.unpack_from(">I", blob, end)
         nonce = blob[end + 4 : end + 4 + NONCE_BYTES]
-        return cls(key_id, version, nonce, blob[end + 4 + NONCE_BYTES :])
+        sealed = blob[end + 4 + NONCE_BYTES :]
+        _check_envelope(key_id, version, nonce, sealed)
+        # Every decrypt parses one: the checks of ``__post_init__`` just ran, and the four
+        # fields go into the instance dict at once instead of through the frozen
+        # dataclass ``__init__``'s object.__setattr__ per field (an equal instance).
+        envelope = object.__new__(cls)
+        envelope.__dict__.update(key_id=key_id, version=version, nonce=nonce, sealed=sealed)
+        return envelope
 
     @staticmethod
     def named_key_version(blob: bytes) -> tuple[str, int]:
@@ -84,6 +88,13 @@ class Ciphertext:
     def aad(self, context: bytes) -> bytes:
         """Header and caller context, length-prefixed so the split is unambiguous."""
         return _aad_prefix(self.header()) + context
+
+
+def _check_envelope(key_id: str, version: int, nonce: bytes, sealed: bytes) -> None:
+    if not KEY_ID_PATTERN.match(key_id) or not 1 <= version < 2**32:
+        raise CiphertextFormatError("ciphertext names no valid key version")
+    if len(nonce) != NONCE_BYTES or len(sealed) < TAG_BYTES:
+        raise CiphertextFormatError("ciphertext is truncated")
 
 
 def _header(key_id: str, version: int) -> bytes:
