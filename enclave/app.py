@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from aiohttp import web
 
@@ -43,8 +44,10 @@ class ServiceState:
     draining: bool = False
 
 
-@dataclass(frozen=True)
-class RequestRecord:
+class RequestRecord(NamedTuple):
+    """One answered request. A named tuple, not a frozen dataclass: one is made per request,
+    and a tuple is built in one call where the dataclass sets each field separately."""
+
     method: str
     path: str
     status: int

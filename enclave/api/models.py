@@ -15,7 +15,6 @@ a submitted value (which may be a plaintext) into an error message.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import dataclasses
 import functools
@@ -46,7 +45,8 @@ def decode_b64(value: object, name: str, *, limit: int | None = None) -> bytes:
     if not isinstance(value, str):
         raise BadInput(f"{name} must be a base64 string", slug="wrong-type")
     try:
-        raw = base64.b64decode(value.encode("ascii"), validate=True)
+        # ``base64.b64decode(..., validate=True)`` is this call behind two Python frames.
+        raw = binascii.a2b_base64(value.encode("ascii"), strict_mode=True)
     except (binascii.Error, ValueError, UnicodeEncodeError):
         raise BadInput(f"{name} is not valid base64", slug="invalid-base64") from None
     if limit is not None and len(raw) > limit:
@@ -55,26 +55,34 @@ def decode_b64(value: object, name: str, *, limit: int | None = None) -> bytes:
 
 
 def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+    # ``base64.b64encode(data)`` is this call behind a Python frame.
+    return binascii.b2a_base64(data, newline=False).decode("ascii")
 
 
 _json_string = json.encoder.encode_basestring_ascii  # what json.dumps uses (ensure_ascii)
 
 
-def compact_json(*fields: tuple[str, str | int]) -> bytes:
+def compact_json(*fields: tuple[str, str | int | bytes]) -> bytes:
     """A flat JSON object of string and integer fields (distinct names, in the given
     order), byte for byte what ``json.dumps(dict(fields), separators=(",", ":"))`` gives
     (the same C string escaper, ``ensure_ascii``), without building an encoder per answer:
-    the crypto answers are on every request's hot path."""
+    the crypto answers are on every request's hot path.
+
+    A ``bytes`` value is written as its standard base64 string, as ``b64`` gives it. The
+    base64 alphabet needs no JSON escaping, so the encoder's bytes go out as they are: the
+    escaper would scan every character of a ciphertext (kilobytes) to change none."""
     parts = []
     for name, value in fields:
-        if isinstance(value, str):
-            parts.append(f"{_json_string(name)}:{_json_string(value)}")
+        if isinstance(value, bytes):
+            encoded = binascii.b2a_base64(value, newline=False)
+            parts.append(f'{_json_string(name)}:"'.encode("ascii") + encoded + b'"')
+        elif isinstance(value, str):
+            parts.append(f"{_json_string(name)}:{_json_string(value)}".encode("ascii"))
         elif type(value) is int:
-            parts.append(f"{_json_string(name)}:{int.__repr__(value)}")
+            parts.append(f"{_json_string(name)}:{int.__repr__(value)}".encode("ascii"))
         else:  # bool is an int to Python, not to JSON: refused rather than miswritten
-            raise TypeError(f"compact_json takes str and int values, not {type(value)!r}")
-    return ("{" + ",".join(parts) + "}").encode("ascii")
+            raise TypeError(f"compact_json takes str, int and bytes, not {type(value)!r}")
+    return b"{" + b",".join(parts) + b"}"
 
 
 def _json_type(value: object) -> str:
@@ -203,25 +211,42 @@ M = TypeVar("M", bound=Model)
 
 @dataclasses.dataclass(frozen=True)
 class _Parser:
-    """A model's fields, each with whether it is required and its converter."""
+    """A model's fields, each with whether it is required and its converter; ``defaults``
+    holds the plain default of each optional field when ``plain`` (see ``_is_plain``)."""
 
     names: frozenset[str]
     fields: tuple[tuple[str, bool, Converter], ...]
+    plain: bool
+    defaults: Mapping[str, Any]
 
 
 @functools.cache
 def _parser(model: type[Model]) -> _Parser:
     """A model's parser, built once per model (parsing is on every request's hot path)."""
     hints = typing.get_type_hints(model)
+    specs = dataclasses.fields(model)  # type: ignore[arg-type]
     fields = tuple(
         (
             spec.name,
             spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING,
             _compile(hints[spec.name], model.LIMITS),
         )
-        for spec in dataclasses.fields(model)  # type: ignore[arg-type]
+        for spec in specs
     )
-    return _Parser(frozenset(name for name, _, _ in fields), fields)
+    plain = _is_plain(model, specs)
+    defaults = {s.name: s.default for s in specs if s.default is not dataclasses.MISSING}
+    return _Parser(frozenset(name for name, _, _ in fields), fields, plain, defaults)
+
+
+def _is_plain(model: type[Model], specs: tuple[dataclasses.Field[Any], ...]) -> bool:
+    """Whether the dataclass ``__init__`` of ``model`` only stores its arguments and plain
+    defaults (no ``__post_init__``, no default factories, no slots, every field in
+    ``__init__``): then ``_build`` makes the same instance without it."""
+    return (
+        not hasattr(model, "__post_init__")
+        and not hasattr(model, "__slots__")
+        and all(s.init and s.default_factory is dataclasses.MISSING for s in specs)
+    )
 
 
 def parse(model: type[M], document: object) -> M:
@@ -240,7 +265,20 @@ def parse(model: type[M], document: object) -> M:
                 raise BadInput(f"{name} is required", slug="missing-field")
             continue
         values[name] = convert(document[name], name)
+    if parser.plain:
+        return _build(model, parser, values)
     return model(**values)
+
+
+def _build(model: type[M], parser: _Parser, values: dict[str, Any]) -> M:
+    """``model(**values)`` for a plain model: the frozen dataclass ``__init__`` stores each
+    field with ``object.__setattr__``, a slow call per field on every request; this stores
+    the same values (the given ones, else the defaults) in the instance's dict at once."""
+    instance = object.__new__(model)
+    state = instance.__dict__
+    for name, _, _ in parser.fields:
+        state[name] = values[name] if name in values else parser.defaults[name]
+    return instance
 
 
 def parse_json(body: bytes) -> object:
@@ -252,7 +290,7 @@ def parse_json(body: bytes) -> object:
     if text.startswith("\ufeff"):  # as json.loads refuses it
         raise BadInput("the body is not valid JSON: Unexpected UTF-8 BOM", slug="malformed-json")
     try:
-        return _DECODER.decode(text)
+        return _decode(text)
     except ValueError as exc:
         raise BadInput(
             f"the body is not valid JSON: {exc.args[0][:80]}", slug="malformed-json"
@@ -265,6 +303,22 @@ def _reject_constant(name: str) -> object:
 
 # One decoder for every body (json.loads with an option builds a new one per call).
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+# The decoder's C scanner (what ``raw_decode`` calls): (text, index) -> (value, end).
+_SCAN: Callable[[str, int], tuple[object, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
+
+
+def _decode(text: str) -> object:
+    """``_DECODER.decode(text)``. A body that is one JSON value from its first to its last
+    character (what clients send) is scanned directly, without ``decode``'s two
+    whitespace regexes and two Python frames; anything else (surrounding whitespace,
+    trailing data, an error) takes ``decode`` itself, so its value or error is the same."""
+    try:
+        document, end = _SCAN(text, 0)
+    except (StopIteration, ValueError):
+        return _DECODER.decode(text)
+    if end != len(text):
+        return _DECODER.decode(text)
+    return document
 
 
 def parse_query_int(

@@ -57,6 +57,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from enclave.api.auth import API_STATE, ApiRoutes, ApiState, caller_of
 from enclave.api.models import (
@@ -157,6 +158,8 @@ async def read_body(request: web.Request, limit: int) -> bytes:
             raise BadInput(f"the body is larger than {limit} bytes", slug="payload-too-large",
                            status=413)  # fmt: skip
         chunks.append(chunk)
+        if size == declared:
+            break  # all of a declared body is here: the next read could only say so
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
@@ -174,11 +177,15 @@ def answer(body: Any, status: int = 200) -> web.Response:
     return answer_json(_COMPACT.encode(body).encode(), status)
 
 
+# The headers of every JSON answer, in the order ``content_type=`` after ``headers=`` gave
+# them; the response copies them, so one instance serves every answer.
+_JSON_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(
+    CIMultiDict((("Cache-Control", "no-store"), ("Content-Type", "application/json")))
+)
+
+
 def answer_json(encoded: bytes, status: int = 200) -> web.Response:
-    return web.Response(
-        status=status, body=encoded,
-        content_type="application/json", headers={"Cache-Control": "no-store"},
-    )  # fmt: skip
+    return web.Response(status=status, body=encoded, headers=_JSON_HEADERS)
 
 
 def _level(value: int | None) -> Level | None:
@@ -564,7 +571,7 @@ async def encrypt(request: web.Request) -> web.Response:
     )
     _, version = Ciphertext.named_key_version(blob)  # the envelope the service just made
     return answer_json(
-        compact_json(("key_id", body.key_id), ("version", version), ("ciphertext", b64(blob)))
+        compact_json(("key_id", body.key_id), ("version", version), ("ciphertext", blob))
     )
 
 
@@ -576,7 +583,7 @@ async def decrypt(request: web.Request) -> web.Response:
     )
     key_id, version = Ciphertext.named_key_version(body.ciphertext)  # it opened: well formed
     return answer_json(compact_json(("key_id", key_id), ("version", version),
-                                    ("plaintext", b64(plaintext))))  # fmt: skip
+                                    ("plaintext", plaintext)))  # fmt: skip
 
 
 @api.add("POST", "/v1/datakey", "keys.generate_data_key", key="body")
@@ -586,10 +593,11 @@ async def datakey(request: web.Request) -> web.Response:
         caller_of(request), body.key_id, body.context, include_plaintext=body.plaintext,
         length=body.length,
     )  # fmt: skip
-    out: list[tuple[str, str | int]] = [("key_id", made.key_id), ("version", made.version),
-                                        ("ciphertext", b64(made.wrapped))]  # fmt: skip
+    out: list[tuple[str, str | int | bytes]] = [("key_id", made.key_id),
+                                                ("version", made.version),
+                                                ("ciphertext", made.wrapped)]  # fmt: skip
     if made.plaintext is not None:
-        out.append(("plaintext", b64(made.plaintext)))
+        out.append(("plaintext", made.plaintext))
     return answer_json(compact_json(*out))
 
 
@@ -600,19 +608,19 @@ async def re_encrypt(request: web.Request) -> web.Response:
         caller_of(request), body.ciphertext, body.context,
         destination_key_id=body.destination_key_id, destination_context=body.destination_context,
     )  # fmt: skip
-    envelope = Ciphertext.from_bytes(blob)
-    return answer({"key_id": envelope.key_id, "version": envelope.version,
-                   "ciphertext": b64(blob)})  # fmt: skip
+    key_id, version = Ciphertext.named_key_version(blob)  # the envelope the service made
+    return answer_json(compact_json(("key_id", key_id), ("version", version),
+                                    ("ciphertext", blob)))  # fmt: skip
 
 
 @api.add("POST", "/v1/sign", "keys.sign", key="body")
 async def sign(request: web.Request) -> web.Response:
     body = await body_of(request, SignBody)
     signed = await _state(request).kms.crypto.sign(caller_of(request), body.key_id, body.message)
-    return answer({
-        "key_id": signed.key_id, "version": signed.version,
-        "algorithm": signed.algorithm.value, "signature": b64(signed.signature),
-    })  # fmt: skip
+    return answer_json(compact_json(
+        ("key_id", signed.key_id), ("version", signed.version),
+        ("algorithm", signed.algorithm.value), ("signature", signed.signature),
+    ))  # fmt: skip
 
 
 @api.add("POST", "/v1/verify", "keys.verify", key="body")

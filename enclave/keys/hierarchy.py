@@ -78,6 +78,11 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def _ref(kek: KeyVersion) -> KekRef:
+    """What the HSM needs to use ``kek`` (made only when the HSM is called)."""
+    return KekRef(kek.cache_id, kek.wrapped)
+
+
 @dataclass(frozen=True)
 class HsmResidentKey:
     """An RSA private key: it is unwrapped only into the HSM; sign through the hierarchy."""
@@ -266,9 +271,7 @@ class KeyHierarchy:
 
     async def unwrap_for_use(self, version: KeyVersion, kek: KeyVersion) -> UsableKey:
         """The version's secret, ready to use (RSA: loaded into the HSM, not returned)."""
-        if not version.can_consume():
-            raise KeyStateError(f"{version.cache_id} is {version.state.value}")
-        ref = self._kek_for(version, kek)
+        ref = self._usable_ref(version, kek)
         try:
             if version.algorithm is Algorithm.AES_256_GCM:
                 return await self._data_key(version, ref)
@@ -282,11 +285,34 @@ class KeyHierarchy:
             return HsmResidentKey(version.key_id, version.version)
         raise KeyPurposeError(f"{version.algorithm.value} keys are not unwrapped for use")
 
-    async def _data_key(self, version: KeyVersion, ref: KekRef) -> SymmetricKey:
+    def _usable_ref(self, version: KeyVersion, kek: KeyVersion) -> KekRef:
+        """The checks before a version's secret is used, and the KEK that unwraps it."""
+        self._check_usable(version, kek)
+        return _ref(kek)
+
+    def _check_usable(self, version: KeyVersion, kek: KeyVersion) -> None:
+        if not version.can_consume():
+            raise KeyStateError(f"{version.cache_id} is {version.state.value}")
+        self._check_kek_for(version, kek)
+
+    async def _unwrapped_data_key(self, version: KeyVersion, kek: KeyVersion) -> SymmetricKey:
+        """``unwrap_for_use`` of an AES-256-GCM version, once its checks passed."""
+        try:
+            return await self._data_key(version, _ref(kek))
+        except HsmUnwrapError:
+            raise DecryptionFailed() from None
+
+    def _cached_data_key(self, version: KeyVersion) -> SymmetricKey | None:
         cached = self._data_keys.get(version.cache_id)
         if cached is not None and cached[0] == version.wrapped:
             self._data_keys.move_to_end(version.cache_id)
             return cached[1]
+        return None
+
+    async def _data_key(self, version: KeyVersion, ref: KekRef) -> SymmetricKey:
+        cached = self._cached_data_key(version)
+        if cached is not None:
+            return cached
         secret = await self._backend.unwrap_data_key(ref, version.wrapped)
         key = SymmetricKey(version.key_id, version.version, secret)
         self._data_keys[version.cache_id] = (version.wrapped, key)
@@ -302,10 +328,14 @@ class KeyHierarchy:
             raise KeyPurposeError("only AES-256-GCM keys encrypt")
         if not version.can_produce():
             raise KeyStateError(f"{version.cache_id} cannot encrypt")
-        key = await self.unwrap_for_use(version, kek)
-        assert isinstance(key, SymmetricKey)
+        # ``unwrap_for_use``, with its usual case (the key is in the cache) answered here
+        # without a coroutine (nor the HSM's KEK reference): same checks, same key.
+        self._check_usable(version, kek)
+        key = self._cached_data_key(version)
+        if key is None:
+            key = await self._unwrapped_data_key(version, kek)
         nonce = self._entropy.random_bytes(NONCE_BYTES)
-        return key.encrypt(plaintext, context, nonce).to_bytes()
+        return key.seal(plaintext, context, nonce)
 
     async def decrypt(
         self, metadata: KeyMetadata, kek: KeyVersion, blob: bytes, context: bytes = b""
@@ -323,8 +353,10 @@ class KeyHierarchy:
         version = metadata.version(ciphertext.version)
         if version.algorithm is not Algorithm.AES_256_GCM:
             raise KeyPurposeError("only AES-256-GCM keys decrypt")
-        key = await self.unwrap_for_use(version, kek)
-        assert isinstance(key, SymmetricKey)
+        self._check_usable(version, kek)  # ``unwrap_for_use``, as in ``encrypt``
+        key = self._cached_data_key(version)
+        if key is None:
+            key = await self._unwrapped_data_key(version, kek)
         return key.decrypt(ciphertext, context)
 
     async def sign(self, version: KeyVersion, kek: KeyVersion, message: bytes) -> bytes:
@@ -355,18 +387,26 @@ class KeyHierarchy:
     # -- helpers -----------------------------------------------------------------------------
 
     def _kek_for(self, version: KeyVersion, kek: KeyVersion) -> KekRef:
+        self._check_kek_for(version, kek)
+        return _ref(kek)
+
+    def _check_kek_for(self, version: KeyVersion, kek: KeyVersion) -> None:
         if version.wrapped_by != kek.ref:
             raise WrongWrappingKey(f"{version.cache_id} is not wrapped by {kek.cache_id}")
-        return self._kek_ref(kek, producing=False)
+        self._check_kek(kek, producing=False)
 
     @staticmethod
     def _kek_ref(kek: KeyVersion, *, producing: bool) -> KekRef:
+        KeyHierarchy._check_kek(kek, producing=producing)
+        return _ref(kek)
+
+    @staticmethod
+    def _check_kek(kek: KeyVersion, *, producing: bool) -> None:
         if kek.algorithm is not Algorithm.AES_256_KWP:
             raise KeyPurposeError(f"{kek.cache_id} is not a KEK")
         allowed = kek.can_produce() if producing else kek.can_consume()
         if not allowed:
             raise KeyStateError(f"KEK {kek.cache_id} is {kek.state.value}")
-        return KekRef(kek.cache_id, kek.wrapped)
 
     # -- backup transport (KEK export / import) ------------------------------------------------
 

@@ -42,14 +42,10 @@ class Ciphertext:
     sealed: bytes  # ciphertext || tag
 
     def __post_init__(self) -> None:
-        if not KEY_ID_PATTERN.match(self.key_id) or not 1 <= self.version < 2**32:
-            raise CiphertextFormatError("ciphertext names no valid key version")
-        if len(self.nonce) != NONCE_BYTES or len(self.sealed) < TAG_BYTES:
-            raise CiphertextFormatError("ciphertext is truncated")
+        _check_envelope(self.key_id, self.version, self.nonce, self.sealed)
 
     def header(self) -> bytes:
-        key = self.key_id.encode("ascii")
-        return MAGIC + bytes([len(key)]) + key + struct.pack(">I", self.version)
+        return _header(self.key_id, self.version)
 
     def to_bytes(self) -> bytes:
         return self.header() + self.nonce + self.sealed
@@ -69,9 +65,16 @@ class Ciphertext:
             key_id = blob[start:end].decode("ascii")
         except UnicodeDecodeError:
             raise CiphertextFormatError("ciphertext names no valid key version") from None
-        (version,) = struct.unpack(">I", blob[end : end + 4])
+        (version,) = struct.unpack_from(">I", blob, end)
         nonce = blob[end + 4 : end + 4 + NONCE_BYTES]
-        return cls(key_id, version, nonce, blob[end + 4 + NONCE_BYTES :])
+        sealed = blob[end + 4 + NONCE_BYTES :]
+        _check_envelope(key_id, version, nonce, sealed)
+        # Every decrypt parses one: the checks of ``__post_init__`` just ran, and the four
+        # fields go into the instance dict at once instead of through the frozen
+        # dataclass ``__init__``'s object.__setattr__ per field (an equal instance).
+        envelope = object.__new__(cls)
+        envelope.__dict__.update(key_id=key_id, version=version, nonce=nonce, sealed=sealed)
+        return envelope
 
     @staticmethod
     def named_key_version(blob: bytes) -> tuple[str, int]:
@@ -84,8 +87,23 @@ class Ciphertext:
 
     def aad(self, context: bytes) -> bytes:
         """Header and caller context, length-prefixed so the split is unambiguous."""
-        header = self.header()
-        return struct.pack(">I", len(header)) + header + context
+        return _aad_prefix(self.header()) + context
+
+
+def _check_envelope(key_id: str, version: int, nonce: bytes, sealed: bytes) -> None:
+    if not KEY_ID_PATTERN.match(key_id) or not 1 <= version < 2**32:
+        raise CiphertextFormatError("ciphertext names no valid key version")
+    if len(nonce) != NONCE_BYTES or len(sealed) < TAG_BYTES:
+        raise CiphertextFormatError("ciphertext is truncated")
+
+
+def _header(key_id: str, version: int) -> bytes:
+    key = key_id.encode("ascii")
+    return MAGIC + bytes([len(key)]) + key + struct.pack(">I", version)
+
+
+def _aad_prefix(header: bytes) -> bytes:
+    return struct.pack(">I", len(header)) + header
 
 
 @dataclass(frozen=True)
@@ -106,18 +124,40 @@ class SymmetricKey:
         # schedule is not rebuilt on every request. Same lifetime as ``secret``.
         return AESGCM(self.secret)
 
+    @cached_property
+    def _header(self) -> bytes:
+        # The envelope header (and the AAD prefix below) depend on the key version only:
+        # made once per unwrapped key, not per request. Checked as a Ciphertext would be.
+        if not KEY_ID_PATTERN.match(self.key_id) or not 1 <= self.version < 2**32:
+            raise CiphertextFormatError("ciphertext names no valid key version")
+        return _header(self.key_id, self.version)
+
+    @cached_property
+    def _aad_prefix(self) -> bytes:
+        return _aad_prefix(self._header)
+
     def encrypt(self, plaintext: bytes, context: bytes, nonce: bytes) -> Ciphertext:
+        return Ciphertext(self.key_id, self.version, nonce, self._sealed(plaintext, context, nonce))
+
+    def seal(self, plaintext: bytes, context: bytes, nonce: bytes) -> bytes:
+        """``encrypt(...).to_bytes()``: the EKC1 envelope, built as bytes directly (the
+        crypto API's hot path answers bytes; no envelope object is needed to make them)."""
+        return self._header + nonce + self._sealed(plaintext, context, nonce)
+
+    def _sealed(self, plaintext: bytes, context: bytes, nonce: bytes) -> bytes:
         if len(context) > MAX_AAD_BYTES:
             raise ValueError("encryption context too large")
-        shell = Ciphertext(self.key_id, self.version, nonce, bytes(TAG_BYTES))
-        sealed = self._aead.encrypt(nonce, plaintext, shell.aad(context))
-        return Ciphertext(self.key_id, self.version, nonce, sealed)
+        if len(nonce) != NONCE_BYTES:
+            raise CiphertextFormatError("ciphertext is truncated")
+        return self._aead.encrypt(nonce, plaintext, self._aad_prefix + context)
 
     def decrypt(self, ciphertext: Ciphertext, context: bytes) -> bytes:
         if (ciphertext.key_id, ciphertext.version) != (self.key_id, self.version):
             raise CiphertextFormatError("ciphertext names another key version")
         try:
-            return self._aead.decrypt(ciphertext.nonce, ciphertext.sealed, ciphertext.aad(context))
+            # Same key id and version: ``ciphertext.aad(context)``, from the cached prefix.
+            return self._aead.decrypt(ciphertext.nonce, ciphertext.sealed,
+                                      self._aad_prefix + context)  # fmt: skip
         except InvalidTag:
             raise DecryptionFailed() from None
 

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import Enum
+from functools import cached_property
 from typing import Any
 
 from enclave.keys.entropy import EntropyKind
@@ -326,11 +327,13 @@ class KeyVersion:
         if is_kek != self.wrapped_by.is_master:
             raise KeyMetadataError("KEKs, and only KEKs, are wrapped by the master key")
 
-    @property
+    # Cached: a version is immutable, and both are read several times per crypto request
+    # (a WrappingRef is validated on construction).
+    @cached_property
     def ref(self) -> WrappingRef:
         return WrappingRef(self.key_id, self.version)
 
-    @property
+    @cached_property
     def cache_id(self) -> str:
         return f"{self.key_id}/v{self.version}"
 
@@ -469,9 +472,10 @@ class KeyMetadata:
         a customer wrap key (AES-256-GCM) is not."""
         return self.algorithm is Algorithm.AES_256_KWP
 
-    @property
+    @cached_property
     def primary(self) -> KeyVersion | None:
-        """The active version (the one that encrypts and signs), if any."""
+        """The active version (the one that encrypts and signs), if any. Cached: the
+        metadata is immutable (a change makes a new record), and every encrypt reads it."""
         return next((v for v in self.versions if v.state is VersionState.ACTIVE), None)
 
     @property

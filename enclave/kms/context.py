@@ -28,7 +28,9 @@ def canonical_context(context: Mapping[str, str] | None) -> bytes:
             raise InvalidContext("encryption context keys and values must be non-empty strings")
     # Byte for byte ``json.dumps(dict(sorted(context.items())), separators=(",", ":"))``,
     # written out: every value is a string, and no encoder is built per request.
-    pairs = ",".join(f"{_json_string(k)}:{_json_string(v)}" for k, v in sorted(context.items()))
+    # (One pair, the usual context, needs no sort; a list joins faster than a generator.)
+    items = context.items() if len(context) == 1 else sorted(context.items())
+    pairs = ",".join([f"{_json_string(k)}:{_json_string(v)}" for k, v in items])
     encoded = ("{" + pairs + "}").encode()
     if len(encoded) > MAX_CONTEXT_BYTES:
         raise InvalidContext("encryption context is too large")

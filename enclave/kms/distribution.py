@@ -380,9 +380,10 @@ class DistributionService:
             self._sharing_ids = {ref.id for ref in self._store.list(persist.SHARING)}
         return self._sharing_ids
 
-    async def note_use(self, metadata: KeyMetadata, operation: str) -> None:
+    def note_use(self, metadata: KeyMetadata, operation: str) -> None:
         """Usage monitoring for sharing keys: count each use, refuse after the TTL (the
-        crypto service calls this before it uses any key)."""
+        crypto service calls this before it uses any key). Synchronous (the store is), so
+        the crypto path does not make two coroutines per request to reach the set check."""
         if metadata.key_id not in self._known_sharing():
             return
         now = self._clock()

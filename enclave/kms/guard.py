@@ -85,7 +85,7 @@ OPERATIONS: Mapping[str, Requirement] = {
 SYSTEM_PRINCIPAL = "kms"
 
 
-@dataclass
+@dataclass(slots=True)
 class AuditNote:
     """What an operation adds to its own audit record (mutable while it runs)."""
 
@@ -119,8 +119,10 @@ class Guard:
         return True
 
     def require(self, caller: Principal, operation: str, key_id: str | None) -> None:
-        check(self.current(caller), OPERATIONS[operation], key_id,
-              self._grants.grants_for(caller.id))  # fmt: skip
+        self._require(caller, OPERATIONS[operation], key_id)
+
+    def _require(self, caller: Principal, requirement: Requirement, key_id: str | None) -> None:
+        check(self.current(caller), requirement, key_id, self._grants.grants_for(caller.id))
 
     async def run(
         self,
@@ -138,10 +140,13 @@ class Guard:
         ``validate`` checks the request's form and may return the key id the request names
         (for requests that carry it inside, such as a ciphertext).
         """
-        if operation not in OPERATIONS:
+        requirement = OPERATIONS.get(operation)
+        if requirement is None:
             raise KeyError(f"{operation} is not a declared operation")
-        note = AuditNote(key_id=key_id, details=dict(details or {}),
-                         sensitive=dict(sensitive or {}))  # fmt: skip
+        # Copies of the caller's mappings (the note is mutated while the operation runs);
+        # fresh empty dicts when there are none, without copying an empty one.
+        note = AuditNote(key_id, None, dict(details) if details else {},
+                         dict(sensitive) if sensitive else {})  # fmt: skip
         try:
             if validate is not None:
                 named = validate(note)
@@ -158,7 +163,7 @@ class Guard:
             )
             raise
         try:
-            self.require(caller, operation, note.key_id)
+            self._require(caller, requirement, note.key_id)
         except AccessDenied as exc:
             await self._record(
                 principal_id=caller.id,
@@ -189,13 +194,16 @@ class Guard:
                 error_type=error_type,
             )
             raise
-        await self._record(
-            principal_id=principal_id,
+        # ``_record`` without an error, written out: one coroutine less on every request.
+        await self._audit.record(
+            principal=principal_id,
             operation=operation,
             outcome=outcome,
+            key_id=note.key_id,
+            key_version=note.key_version,
             status=200,
-            note=note,
-            error_type=None,
+            details=note.details,
+            sensitive=note.sensitive or None,
         )
         return result
 

@@ -15,7 +15,7 @@ active.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -41,7 +41,7 @@ MAX_MESSAGE_BYTES = 1024 * 1024
 DATA_KEY_BYTES = (16, 24, 32)
 
 Context = Mapping[str, str] | None
-UseHook = Callable[[KeyMetadata, str], Awaitable[None]]
+UseHook = Callable[[KeyMetadata, str], None]
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,8 @@ class CryptoService:
     def _producer(self, metadata: KeyMetadata, purpose: Purpose) -> KeyVersion:
         if not _serves(metadata, purpose):
             raise InvalidRequest(f"{metadata.key_id} is a {metadata.purpose.value} key")
-        if metadata.is_expired(self._clock()):
+        # The clock is read only for a key that can expire (it is a datetime per request).
+        if metadata.expires_at is not None and metadata.is_expired(self._clock()):
             raise KeyUnusable(f"{metadata.key_id} has expired")
         primary = metadata.primary
         if primary is None or not primary.can_produce():
@@ -134,9 +135,9 @@ class CryptoService:
             raise KeyUnusable(f"{version.cache_id} is {version.state.value}")
         return version
 
-    async def _used(self, metadata: KeyMetadata, operation: str) -> None:
+    def _used(self, metadata: KeyMetadata, operation: str) -> None:
         if self._on_use is not None:
-            await self._on_use(metadata, operation)
+            self._on_use(metadata, operation)
 
     async def _open(self, metadata: KeyMetadata, envelope: Ciphertext, context: bytes) -> bytes:
         if not _serves(metadata, Purpose.ENCRYPT):
@@ -170,7 +171,7 @@ class CryptoService:
 
         async def body(note: AuditNote) -> bytes:
             metadata = self._repo.require(key_id)
-            await self._used(metadata, "encrypt")
+            self._used(metadata, "encrypt")
             version = self._producer(metadata, Purpose.ENCRYPT)
             note.key_version = version.version
             return await self._seal_with(version, plaintext, checked["context"])
@@ -200,7 +201,7 @@ class CryptoService:
         async def body(note: AuditNote) -> bytes:
             assert note.key_id is not None
             metadata = self._repo.require(note.key_id)
-            await self._used(metadata, "decrypt")
+            self._used(metadata, "decrypt")
             return await self._open(metadata, checked["envelope"], checked["context"])
 
         return await self._guard.run("keys.decrypt", caller, body, validate=validate)
@@ -226,7 +227,7 @@ class CryptoService:
 
         async def body(note: AuditNote) -> DataKey:
             metadata = self._repo.require(key_id)
-            await self._used(metadata, "generate_data_key")
+            self._used(metadata, "generate_data_key")
             version = self._producer(metadata, Purpose.ENCRYPT)
             note.key_version = version.version
             secret = self._entropy.random_bytes(length)
@@ -277,9 +278,9 @@ class CryptoService:
             )  # fmt: skip
             destination = self._producer(target, Purpose.ENCRYPT)
             note.details["destination_version"] = destination.version
-            await self._used(source, "decrypt")
+            self._used(source, "decrypt")
             plaintext = await self._open(source, checked["envelope"], checked["source_context"])
-            await self._used(target, "encrypt")
+            self._used(target, "encrypt")
             return await self._seal_with(destination, plaintext, checked["destination_context"])
 
         return await self._guard.run("keys.re_encrypt", caller, body, validate=validate)

@@ -101,7 +101,10 @@ class RequestRates:
         self._buckets: collections.OrderedDict[int, list[int]] = collections.OrderedDict()
 
     def record(self, at: datetime, error: bool) -> None:
-        minute = int(at.timestamp() // 60)
+        self.record_minute(int(at.timestamp() // 60), error)
+
+    def record_minute(self, minute: int, error: bool) -> None:
+        """``record`` for the minute ``minute`` (POSIX seconds // 60)."""
         with self._lock:
             bucket = self._buckets.get(minute)
             if bucket is None:
@@ -121,6 +124,21 @@ class RequestRates:
             requests, errors = snapshot.get(minute, (0, 0))
             out.append(RatePoint(datetime.fromtimestamp(minute * 60, UTC), requests, errors))
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Series:
+    """What a request of one (method, route, status) updates: its labelled children, the
+    errors child (error statuses only) and its route's totals (``KmsMetrics._route_stats``)."""
+
+    requests: Any
+    latency: Any
+    errors: Any | None
+    stats: list[float]
+
+
+def _posix_minute() -> int:
+    return int(time.time() // 60)
 
 
 @dataclass(frozen=True)
@@ -173,32 +191,52 @@ class KmsMetrics:
         registry.register(_LiveStateCollector(self.sources, namespace))
         self._lock = threading.Lock()
         self._route_stats: dict[tuple[str, str], list[float]] = {}
-        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._series: dict[tuple[str, str, int], _Series] = {}
+        # The rates' minute: from the wall clock directly unless a clock was injected
+        # (``datetime.now(UTC).timestamp()`` is the same second, for a datetime per request).
+        self._minute: Callable[[], int] = (
+            _posix_minute if self.sources.now is _utc_now else self._source_minute
+        )
+
+    def _source_minute(self) -> int:
+        return int(self.sources.now().timestamp() // 60)
+
+    def _new_series(self, method: str, route: str, status: int) -> _Series:
+        errors = None
+        if status >= 400:
+            errors = self.errors.labels(method, route, "server" if status >= 500 else "client")
+        with self._lock:
+            stats = self._route_stats.get((method, route))
+            if stats is None:
+                stats = self._route_stats[(method, route)] = [0.0] * (
+                    3 + len(REQUEST_BUCKETS_SECONDS)
+                )
+        return _Series(
+            self.requests.labels(method, route, str(status)),
+            self.latency.labels(method, route),
+            errors,
+            stats,
+        )
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         method = method if method in KNOWN_METHODS else "other"
-        # The labelled children, looked up once per (method, route, status): labels are
-        # bounded (known methods, route templates, statuses), and so is this dict.
+        # What one (method, route, status) updates, looked up once: labels are bounded
+        # (known methods, route templates, statuses), and so is this dict.
         key = (method, route, status)
-        children = self._children.get(key)
-        if children is None:
-            children = (self.requests.labels(method, route, str(status)),
-                        self.latency.labels(method, route))  # fmt: skip
-            self._children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
-        error = status >= 400
-        if error:
-            self.errors.labels(method, route, "server" if status >= 500 else "client").inc()
-        self.rates.record(self.sources.now(), error)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = self._new_series(method, route, status)
+        series.requests.inc()
+        series.latency.observe(seconds)
+        errors = series.errors
+        error = errors is not None  # status >= 400
+        if errors is not None:
+            errors.inc()
+        self.rates.record_minute(self._minute(), error)
         # The first bucket whose bound is >= seconds (none beyond the last bound).
         bucket = bisect.bisect_left(REQUEST_BUCKETS_SECONDS, seconds)
+        acc = series.stats
         with self._lock:
-            acc = self._route_stats.get((method, route))
-            if acc is None:
-                acc = self._route_stats[(method, route)] = [0.0] * (
-                    3 + len(REQUEST_BUCKETS_SECONDS)
-                )
             acc[0] += 1
             acc[1] += int(error)
             acc[2] += seconds

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from enclave.api.models import compact_json
+from enclave.api.models import b64, compact_json
 from enclave.kms.context import canonical_context
 
 STRINGS = ["", "key_0123", "é", "\u2028", "\x00\x1f\x7f", "😀", '"\\/', "a b\tc\nd", "\ud800"]
@@ -17,6 +17,13 @@ def test_compact_json_matches_json_dumps(value: str) -> None:
     fields: list[tuple[str, str | int]] = [("key_id", value), ("version", 7),
                                            ("big", -(2**70)), (value or "k", "x")]  # fmt: skip
     assert compact_json(*fields) == json.dumps(dict(fields), separators=(",", ":")).encode()
+
+
+@pytest.mark.parametrize("data", [b"", b"\x00", b"\xff\xfe\xfd", bytes(range(256)) * 9], ids=len)
+def test_compact_json_writes_bytes_as_base64(data: bytes) -> None:
+    fields: list[tuple[str, str | int | bytes]] = [("key_id", "key_0123"), ("ciphertext", data)]
+    expected = {"key_id": "key_0123", "ciphertext": b64(data)}
+    assert compact_json(*fields) == json.dumps(expected, separators=(",", ":")).encode()
 
 
 def test_compact_json_refuses_what_it_would_miswrite() -> None:

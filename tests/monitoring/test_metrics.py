@@ -4,7 +4,7 @@ per app."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -174,3 +174,15 @@ def test_each_app_has_its_own_registry() -> None:
     assert stats[0].count == 1 and stats[0].p95_seconds == 0.01
     series = m1.rates.series(T0, 5)
     assert len(series) == 5 and series[-1].requests == 1
+
+
+def test_rates_use_the_wall_clock_by_default() -> None:
+    metrics = KmsMetrics(CollectorRegistry())
+    metrics.observe("POST", "/v1/encrypt", 200, 0.001)
+    metrics.observe("POST", "/v1/encrypt", 503, 0.002)
+    last = metrics.rates.series(datetime.now(UTC), 2)[-1]
+    assert (last.requests, last.errors) == (2, 1)
+    errors = metrics.registry.get_sample_value(
+        "kms_request_errors_total", {"method": "POST", "route": "/v1/encrypt", "class": "server"}
+    )
+    assert errors == 1
