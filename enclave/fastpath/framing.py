@@ -25,8 +25,9 @@ MAX_CONTENT_LENGTH_DIGITS = 15
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _METHOD = re.compile(rb"[A-Z]{1,20}")
 # Visible ASCII, space, tab and the line ends (RFC 9110 field values without obs-text);
-# a CR or LF that is not part of a CRLF is refused separately.
-_HEAD_BYTES = re.compile(rb"[\x20-\x7e\t\r\n]*")
+# a CR or LF that is not part of a CRLF is refused separately. Checked by deleting them
+# (``bytes.translate``): anything left is refused. A regex over the head cost ~10 us.
+_HEAD_BYTES = bytes(range(0x20, 0x7F)) + b"\t\r\n"
 _DIGITS = re.compile(rb"[0-9]{1,%d}" % MAX_CONTENT_LENGTH_DIGITS)
 # Headers whose presence means the request is not a plain fixed-length one.
 _HANDED_OVER = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
@@ -60,7 +61,7 @@ class HeadParser:
             head.count(b"\r") != crlf
             or head.count(b"\n") != crlf
             or crlf > MAX_HEADERS
-            or _HEAD_BYTES.fullmatch(head) is None
+            or head.translate(None, _HEAD_BYTES)
         ):
             return None
         lines = head.split(b"\r\n")
