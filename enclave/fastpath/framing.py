@@ -14,7 +14,7 @@ byte from the start of any request it does not frame.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 # aiohttp's own limits (``max_line_size`` / ``max_field_size`` 8190): a longer head is
 # handed over so that aiohttp refuses it exactly as before.
@@ -35,10 +35,10 @@ _HANDED_OVER = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
 MAX_KNOWN_NAMES = 512
 
 
-@dataclass(frozen=True, slots=True)
-class RequestHead:
+class RequestHead(NamedTuple):
     """A request head the fast path frames: its target, headers (name, value) as text,
-    the body length, and whether the client asked to close the connection after it."""
+    the body length, and whether the client asked to close the connection after it.
+    (A named tuple: one per request, built in C; a frozen dataclass costs ~5 us here.)"""
 
     method: str
     target: bytes
