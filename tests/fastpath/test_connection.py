@@ -14,15 +14,12 @@ import pytest
 import pytest_asyncio
 import uvloop
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from enclave.fastpath.delegation import fastpath_runner
 from enclave.fastpath.routes import FastRoutes
 from enclave.fastpath.site import FastPathSite
 from tests.support.fastpath import FastPathTestServer
+from tests.support.tls import write_self_signed
 
 FAST = (("POST", "/fast"), ("POST", "/boom"), ("POST", "/wait"))
 LIMIT = 1000
@@ -185,17 +182,7 @@ async def test_a_failing_aiohttp_handler_does_not_disturb_the_next_request(
 async def test_a_client_that_leaves_during_a_delegated_request_is_handled_by_aiohttp(
     running: Running,
 ) -> None:
-    _, writer = await running.open()
-    writer.write(request("/slow-wait"))
-    await writer.drain()
-    await asyncio.sleep(0.05)
-    writer.close()
-    await asyncio.sleep(0.05)
-    running.served.release.set()
-    for _ in range(100):
-        if running.served.finished:
-            break
-        await asyncio.sleep(0.01)
+    await _leave_during(running, "/slow-wait")
     assert running.served.finished == 1  # handler_cancellation off: it ran to its end
     assert running.server.site is not None
     assert not running.server.site.connections.live
@@ -279,9 +266,10 @@ async def test_a_failing_handler_gets_a_500_problem_and_the_connection_closes(
     writer.close()
 
 
-async def test_a_request_whose_client_left_still_completes(running: Running) -> None:
+async def _leave_during(running: Running, path: str) -> None:
+    """Send a request to ``path`` (which waits), hang up, then let the handler go on."""
     _, writer = await running.open()
-    writer.write(request("/wait"))
+    writer.write(request(path))
     await writer.drain()
     await asyncio.sleep(0.05)
     writer.close()
@@ -291,6 +279,10 @@ async def test_a_request_whose_client_left_still_completes(running: Running) -> 
         if running.served.finished:
             break
         await asyncio.sleep(0.01)
+
+
+async def test_a_request_whose_client_left_still_completes(running: Running) -> None:
+    await _leave_during(running, "/wait")
     assert running.served.finished == 1
 
 
@@ -319,25 +311,11 @@ async def test_stopping_lets_a_request_in_flight_finish(running: Running) -> Non
 
 # -- TLS on uvloop, as the enclave serves -----------------------------------------------------
 def _tls_files(directory: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fastpath.test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .sign(key, hashes.SHA256())
-    )  # fmt: skip
-    (directory / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (directory / "k.pem").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ))  # fmt: skip
+    cert, key, _ = write_self_signed(directory, "fastpath.test")
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server.load_cert_chain(directory / "c.pem", directory / "k.pem")
+    server.load_cert_chain(cert, key)
     client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    client.load_verify_locations(directory / "c.pem")
+    client.load_verify_locations(cert)
     client.check_hostname = False
     return server, client
 
