@@ -12,7 +12,7 @@ process attests the enclave and mints the token once with the ``kms`` client lib
 token is bound to the attested TLS key, so a request that reached anything but the
 attested enclave would be refused, and any non-2xx answer fails the run.
 
-Each operation is measured in ``ROUNDS`` rounds (``KMS_BENCH_ROUNDS``, default 3) of
+Each operation is measured in ``ROUNDS`` rounds (``KMS_BENCH_ROUNDS``, default 5) of
 ``WINDOW_SECONDS`` (``KMS_BENCH_WINDOW``), ours and the bare server alternating; values are
 medians over rounds and each row's baseline text states the spread (min-max of both sides).
 The server side's CPU time per request (enclave + proxy processes, against the bare server
@@ -56,7 +56,7 @@ CONNECTIONS = 64
 # Short rounds, ours and the bare server alternating (which one goes first alternates too),
 # reported as medians with the spread over rounds: the machine is shared and noisy, and a
 # burst of someone else's load then hits both sides alike instead of one run.
-ROUNDS = int(os.environ.get("KMS_BENCH_ROUNDS", "3"))
+ROUNDS = int(os.environ.get("KMS_BENCH_ROUNDS", "5"))
 WINDOW_SECONDS = int(os.environ.get("KMS_BENCH_WINDOW", "3"))  # wrk takes whole seconds
 PACED_SECONDS = 3
 SINGLE_SECONDS = 1
@@ -258,6 +258,13 @@ def _median(runs: list[dict[str, float]], name: str) -> float:
     return float(statistics.median(r[name] for r in runs))
 
 
+def _paired_ratio(ours: list[dict[str, float]], bare: list[dict[str, float]]) -> str:
+    """The median of each round's ours/bare (the two ran back to back), and their range:
+    steadier than the ratio of the medians when the machine's speed drifts."""
+    ratios = sorted(o["rate"] / b["rate"] for o, b in zip(ours, bare, strict=True))
+    return f"{statistics.median(ratios):.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f})"
+
+
 def _spread(runs: list[dict[str, float]], name: str, digits: int = 0) -> str:
     values = [r[name] for r in runs]
     return f"{min(values):.{digits}f}-{max(values):.{digits}f}"
@@ -313,7 +320,8 @@ def run() -> list[BenchResult]:
         rows.append(result(
             f"kms_api_{op}_rps_{CONNECTIONS}conn", rate, "req/s",
             f"bare aiohttp HTTPS, same body size, wrk {CONNECTIONS} conns; {n}, rounds: ours "
-            f"{_spread(mine, 'rate')}, bare {_spread(bare_runs, 'rate')}",
+            f"{_spread(mine, 'rate')}, bare {_spread(bare_runs, 'rate')}; paired ratio "
+            f"{_paired_ratio(mine, bare_runs)}",
             _median(bare_runs, "rate"), f">= {TARGET_RATIO:.2f}"))  # fmt: skip
         rows.append(result(
             f"kms_api_{op}_p50_ms_{CONNECTIONS}conn", _median(mine, "p50_ms"), "ms",
