@@ -309,6 +309,22 @@ async def test_stopping_lets_a_request_in_flight_finish(running: Running) -> Non
     writer.close()
 
 
+async def test_with_no_fast_routes_aiohttp_serves_every_connection() -> None:
+    """``kms-enclave serve --no-fast-path``: the site hands each connection to aiohttp."""
+    served = Served()
+    server = FastPathTestServer(make_app(served), body_limit=LIMIT, routes=())
+    await server.start_server()
+    try:
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        writer.write(request("/fast"))
+        answer = await read_answer(reader)
+        assert answer.status == 200 and b'"via": "Request"' in answer.body
+        assert server.served_fast == 0 and server.delegated == 0
+        writer.close()
+    finally:
+        await server.close()
+
+
 # -- TLS on uvloop, as the enclave serves -----------------------------------------------------
 def _tls_files(directory: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     cert, key, _ = write_self_signed(directory, "fastpath.test")
