@@ -101,10 +101,7 @@ class RequestRates:
         self._buckets: collections.OrderedDict[int, list[int]] = collections.OrderedDict()
 
     def record(self, at: datetime, error: bool) -> None:
-        self.record_minute(int(at.timestamp() // 60), error)
-
-    def record_minute(self, minute: int, error: bool) -> None:
-        """``record`` for the minute ``minute`` (POSIX seconds // 60)."""
+        minute = int(at.timestamp() // 60)
         with self._lock:
             bucket = self._buckets.get(minute)
             if bucket is None:
@@ -135,10 +132,6 @@ class _Series:
     latency: Any
     errors: Any | None
     stats: list[float]
-
-
-def _posix_minute() -> int:
-    return int(time.time() // 60)
 
 
 @dataclass(frozen=True)
@@ -192,14 +185,6 @@ class KmsMetrics:
         self._lock = threading.Lock()
         self._route_stats: dict[tuple[str, str], list[float]] = {}
         self._series: dict[tuple[str, str, int], _Series] = {}
-        # The rates' minute: from the wall clock directly unless a clock was injected
-        # (``datetime.now(UTC).timestamp()`` is the same second, for a datetime per request).
-        self._minute: Callable[[], int] = (
-            _posix_minute if self.sources.now is _utc_now else self._source_minute
-        )
-
-    def _source_minute(self) -> int:
-        return int(self.sources.now().timestamp() // 60)
 
     def _new_series(self, method: str, route: str, status: int) -> _Series:
         errors = None
@@ -232,7 +217,7 @@ class KmsMetrics:
         error = errors is not None  # status >= 400
         if errors is not None:
             errors.inc()
-        self.rates.record_minute(self._minute(), error)
+        self.rates.record(self.sources.now(), error)
         # The first bucket whose bound is >= seconds (none beyond the last bound).
         bucket = bisect.bisect_left(REQUEST_BUCKETS_SECONDS, seconds)
         acc = series.stats
