@@ -41,10 +41,12 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import stat
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -53,7 +55,7 @@ from enclave.app import TLS_IDENTITY, create_app
 from enclave.attestation.providers import ProviderError
 from enclave.bootstrap import BootstrapError
 from enclave.config import ConfigError, EnclaveConfig, ListenAddress
-from enclave.fastpath.delegation import fastpath_runner
+from enclave.fastpath.delegation import FastPathRunner
 from enclave.fastpath.routes import FastRoutes
 from enclave.fastpath.site import FastPathSite
 from enclave.hsm.errors import HsmError
@@ -98,31 +100,27 @@ def vsock_socket(cid: int, port: int) -> socket.socket:
 
 
 def make_site(
-    runner: web.AppRunner,
+    runner: FastPathRunner,
     address: ListenAddress,
-    ssl_context: object,
+    ssl_context: ssl.SSLContext,
     routes: FastRoutes,
     shutdown_timeout: float,
 ) -> web.BaseSite:
     """The listening site: connections start on the fast path (``enclave.fastpath``) for
     ``routes`` and go to aiohttp for everything else."""
-    import ssl
-
-    assert isinstance(ssl_context, ssl.SSLContext)
-    timeout = shutdown_timeout
+    where: dict[str, Any]
     if address.kind == "unix":
         assert address.path is not None
         _remove_stale_socket(address.path)
-        return FastPathSite(runner, routes, ssl_context=ssl_context, path=str(address.path),
-                            shutdown_timeout=timeout)  # fmt: skip
-    if address.kind == "vsock":
+        where = {"path": str(address.path)}
+    elif address.kind == "vsock":
         assert address.cid is not None and address.port is not None
-        return FastPathSite(runner, routes, ssl_context=ssl_context,
-                            sock=vsock_socket(address.cid, address.port),
-                            shutdown_timeout=timeout)  # fmt: skip
-    assert address.host is not None and address.port is not None
-    return FastPathSite(runner, routes, ssl_context=ssl_context, host=address.host,
-                        port=address.port, shutdown_timeout=timeout)  # fmt: skip
+        where = {"sock": vsock_socket(address.cid, address.port)}
+    else:
+        assert address.host is not None and address.port is not None
+        where = {"host": address.host, "port": address.port}
+    return FastPathSite(runner, routes, ssl_context=ssl_context,
+                        shutdown_timeout=shutdown_timeout, **where)  # fmt: skip
 
 
 def bound_address(site: web.BaseSite, address: ListenAddress) -> str:
@@ -147,7 +145,7 @@ async def serve(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
     app = create_app(config)
-    runner = fastpath_runner(
+    runner = FastPathRunner(
         app, handle_signals=False, shutdown_timeout=config.limits.shutdown_grace_seconds
     )
     await runner.setup()

@@ -6,7 +6,7 @@ given, alone and whole, to a fresh aiohttp ``RequestHandler`` whose transport is
 ``DelegatedTransport``: its writes go to the connection's real transport, its reads never
 happen (the bytes are fed to it), and it ends when aiohttp has written the whole answer.
 aiohttp says so through its access logger, a public extension point: ``DelegationTracker``
-(installed by ``fastpath_runner``) tells the transport, and the connection detaches the
+(installed by ``FastPathRunner``) tells the transport, and the connection detaches the
 handler and serves what follows.
 """
 
@@ -108,12 +108,9 @@ class DelegationTracker(AbstractAccessLogger):
             transport.request_done()
 
 
-def fastpath_runner(app: web.Application, **kwargs: Any) -> web.AppRunner:
-    """An ``AppRunner`` whose connections can be delegated to (``FastPathSite`` needs one)."""
-    return web.AppRunner(app, access_log_class=DelegationTracker, access_log=log, **kwargs)
+class FastPathRunner(web.AppRunner):
+    """An ``AppRunner`` whose connections can be delegated to (``FastPathSite`` needs
+    one): its aiohttp handlers report each finished answer to ``DelegationTracker``."""
 
-
-def tracks_delegation(runner: web.BaseRunner) -> bool:
-    server = runner.server
-    kwargs = getattr(server, "_kwargs", {})
-    return kwargs.get("access_log_class") is DelegationTracker and bool(kwargs.get("access_log"))
+    def __init__(self, app: web.Application, **kwargs: Any) -> None:
+        super().__init__(app, access_log_class=DelegationTracker, access_log=log, **kwargs)

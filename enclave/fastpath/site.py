@@ -17,7 +17,7 @@ import ssl
 from aiohttp import web
 
 from enclave.fastpath.connection import ConnectionSet
-from enclave.fastpath.delegation import tracks_delegation
+from enclave.fastpath.delegation import FastPathRunner
 from enclave.fastpath.routes import FastRoutes
 
 LISTEN_BACKLOG = 128  # aiohttp's sites' default
@@ -26,7 +26,7 @@ LISTEN_BACKLOG = 128  # aiohttp's sites' default
 class FastPathSite(web.BaseSite):
     def __init__(
         self,
-        runner: web.AppRunner,
+        runner: FastPathRunner,
         routes: FastRoutes,
         *,
         ssl_context: ssl.SSLContext | None,
@@ -37,8 +37,8 @@ class FastPathSite(web.BaseSite):
         shutdown_timeout: float = 60.0,
     ) -> None:
         super().__init__(runner, ssl_context=ssl_context, backlog=LISTEN_BACKLOG)
-        if not tracks_delegation(runner):
-            raise ValueError("make the runner with enclave.fastpath.delegation.fastpath_runner")
+        if not isinstance(runner, FastPathRunner):
+            raise TypeError("a FastPathSite needs a FastPathRunner")
         if sum(x is not None for x in (port, path, sock)) != 1:
             raise ValueError("listen on one of host+port, path or sock")
         server = runner.server

@@ -15,7 +15,7 @@ import pytest_asyncio
 import uvloop
 from aiohttp import web
 
-from enclave.fastpath.delegation import fastpath_runner
+from enclave.fastpath.delegation import FastPathRunner
 from enclave.fastpath.routes import FastRoutes
 from enclave.fastpath.site import FastPathSite
 from tests.support.fastpath import FastPathTestServer
@@ -341,7 +341,7 @@ def test_over_tls_on_uvloop_the_hand_over_keeps_the_session(tmp_path: Path) -> N
 
     async def scenario() -> list[bytes]:
         served = Served()
-        runner = fastpath_runner(make_app(served))
+        runner = FastPathRunner(make_app(served))
         await runner.setup()
         routes = FastRoutes.of(runner.app, FAST, LIMIT)
         site = FastPathSite(runner, routes, ssl_context=server_context, host="127.0.0.1", port=0)

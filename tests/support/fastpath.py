@@ -10,8 +10,7 @@ from aiohttp.test_utils import TestServer, get_port_socket
 from yarl import URL
 
 from enclave.api.routes import FAST_PATH_ROUTES
-from enclave.fastpath.delegation import DelegationTracker
-from enclave.fastpath.delegation import log as delegation_log
+from enclave.fastpath.delegation import FastPathRunner
 from enclave.fastpath.routes import FastRoutes
 from enclave.fastpath.site import FastPathSite
 
@@ -30,12 +29,13 @@ class FastPathTestServer(TestServer):
         self.wanted = routes
         self.site: FastPathSite | None = None
 
+    async def _make_runner(self, **kwargs: Any) -> FastPathRunner:
+        return FastPathRunner(self.app, **kwargs)
+
     async def start_server(self, loop: Any = None, **kwargs: Any) -> None:
         if self.runner:
             return
-        self.runner = await self._make_runner(
-            access_log_class=DelegationTracker, access_log=delegation_log, **kwargs
-        )
+        self.runner = await self._make_runner(**kwargs)
         await self.runner.setup()
         sock = get_port_socket(self.host, 0, socket.AF_INET)
         self.host, self.port = sock.getsockname()[:2]
