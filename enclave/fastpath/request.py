@@ -33,12 +33,6 @@ class BodyReader:
         body, self._body = self._body, b""
         return body
 
-    async def read(self, n: int = -1) -> bytes:
-        if n < 0 or n >= len(self._body):
-            return await self.readany()
-        chunk, self._body = self._body[:n], self._body[n:]
-        return chunk
-
 
 class FastRequest(MutableMapping[str, Any]):
     __slots__ = (
