@@ -212,7 +212,10 @@ class AuditLog:
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join(timeout)
+            if self._thread.is_alive():
+                return  # still writing: the sink stays open under it
             self._thread = None
+        self._sink.close()
 
     @property
     def healthy(self) -> bool:
