@@ -1,5 +1,5 @@
-"""The audit file sink: one descriptor kept open, a moved or replaced file detected, and a
-write that fails part-way leaving nothing behind."""
+"""The audit file sink: one descriptor kept open, a moved, replaced or removed file refused
+before anything is written to it, and a write that fails part-way leaving nothing behind."""
 
 from __future__ import annotations
 
@@ -14,14 +14,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from enclave.audit import sink as sink_module
 from enclave.audit.log import AuditConfig, AuditLog, AuditUnavailable
 from enclave.audit.sink import AuditFileReplaced, FileAuditSink
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def open_descriptors_on(path: Path) -> int:
@@ -53,13 +45,11 @@ def test_batches_go_through_one_descriptor_and_close_releases_it(tmp_path: Path)
 
 def test_a_replaced_file_is_refused_once_then_the_new_file_is_used(tmp_path: Path) -> None:
     path = tmp_path / "audit.log"
-    clock = Clock()
-    sink = FileAuditSink(path, identity_check_seconds=1.0, monotonic=clock)
+    sink = FileAuditSink(path)
     sink.append([b"1\n"])
     impostor = tmp_path / "impostor"
     impostor.write_bytes(b"")
     os.replace(impostor, path)
-    clock.now += 1.0
     with pytest.raises(AuditFileReplaced, match="moved, replaced or removed"):
         sink.append([b"2\n"])
     assert path.read_bytes() == b""  # the refused batch went nowhere
@@ -70,11 +60,9 @@ def test_a_replaced_file_is_refused_once_then_the_new_file_is_used(tmp_path: Pat
 
 def test_a_removed_file_is_refused_once_then_created_again(tmp_path: Path) -> None:
     path = tmp_path / "audit.log"
-    clock = Clock()
-    sink = FileAuditSink(path, identity_check_seconds=1.0, monotonic=clock)
+    sink = FileAuditSink(path)
     sink.append([b"1\n"])
     path.unlink()
-    clock.now += 5.0
     with pytest.raises(AuditFileReplaced):
         sink.append([b"2\n"])
     assert not path.exists()
@@ -83,26 +71,19 @@ def test_a_removed_file_is_refused_once_then_created_again(tmp_path: Path) -> No
     assert path.read_bytes() == b"2\n"
 
 
-def test_the_identity_is_checked_at_most_once_per_interval(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_moved_file_is_refused_at_the_next_append(tmp_path: Path) -> None:
     path = tmp_path / "audit.log"
-    clock = Clock()
-    sink = FileAuditSink(path, identity_check_seconds=1.0, monotonic=clock)
-    stats: list[object] = []
-    real_stat = os.stat
-
-    def counting_stat(target: object, *args: object, **kwargs: object) -> os.stat_result:
-        if target == path:
-            stats.append(target)
-        return real_stat(target, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(sink_module.os, "stat", counting_stat)
-    for _ in range(50):
-        sink.append([b"x\n"])
-        clock.now += 0.1
+    sink = FileAuditSink(path)
+    sink.append([b"1\n"])
+    moved = tmp_path / "moved.log"
+    path.rename(moved)
+    with pytest.raises(AuditFileReplaced):
+        sink.append([b"2\n"])
+    assert moved.read_bytes() == b"1\n"  # nothing acknowledged went to the moved file
+    moved.rename(path)
+    sink.append([b"2\n"])
     sink.close()
-    assert 4 <= len(stats) <= 5  # 5 seconds of batches, not 50 checks
+    assert path.read_bytes() == b"1\n2\n"
 
 
 def test_a_write_failing_part_way_leaves_no_torn_line(
@@ -140,7 +121,7 @@ def test_the_audit_log_refuses_alerts_and_recovers_when_its_file_is_replaced(
     )
     alerts: list[str] = []
     log = AuditLog(
-        FileAuditSink(path, identity_check_seconds=0.0),
+        FileAuditSink(path),
         sign=key.sign,
         public_key=public,
         hmac_key=b"k" * 32,
