@@ -30,7 +30,7 @@ bare server's rate: the latency at the target load, ours and the bare server's, 
 server's rate, at which the median p99 stays <= 10 ms, ours and the bare server's; p99 one
 request at a time; our rate against PyKMIP's for the same operations
 (``bench.pykmip_baseline.measure_pykmip``; target >= 10x), and the latency of a lifecycle
-write (key creation: one store commit with fsync + HSM counter, on the loop).
+write (key creation: one store commit with fsync + HSM counter, on the store's thread).
 """
 
 from __future__ import annotations
@@ -429,7 +429,8 @@ def run() -> list[BenchResult]:
         "(each answer waits for one: a floor under the request p99)",
         sync_p50, "informational"))  # fmt: skip
     rows.append(result("kms_api_key_create_ms", write_ms, "ms",
-                       "informational: a lifecycle write blocks the loop this long",
+                       "informational: a key creation's latency, one request at a time "
+                       "(store commit with fsync and the HSM counter, on the store's thread)",
                        write_ms, "informational"))  # fmt: skip
     return rows
 
