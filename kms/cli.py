@@ -40,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"client profile (client.toml; default ${DEFAULT_PROFILE_ENV})",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log to stderr")
+    parser.add_argument(
+        "--json",
+        dest="json_everywhere",
+        action="store_true",
+        help="JSON output (the problem document on failure), as the command's own --json",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     attest = commands.add_parser("attest", help="attest the KMS and print the verified claims")
     attest.add_argument("--json", action="store_true", help="print JSON")
@@ -91,6 +97,8 @@ def main(
         stream=err,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if args.json_everywhere:  # ``kms --json CMD`` means ``kms CMD --json``
+        args.json = True
     as_json = bool(getattr(args, "json", False))
     handler = getattr(args, "handler", None)
     if handler is not None:

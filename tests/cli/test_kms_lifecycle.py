@@ -92,6 +92,11 @@ def test_service_lifecycle_through_the_cli(sim: Sim) -> None:
     assert out.stdout == b"order #1"
     wrong = kms(svc, "decrypt", "--context", "tenant=other", stdin=ct1, expect=None)
     assert wrong.returncode != 0 and b"decryption-failed" in wrong.stderr
+    # ``kms --json CMD`` is ``kms CMD --json``: the problem document on stdout as well
+    wrong_json = kms(svc, "--json", "decrypt", "--context", "tenant=other", stdin=ct1,
+                     expect=None)  # fmt: skip
+    assert wrong_json.returncode == wrong.returncode
+    assert json.loads(wrong_json.stdout)["type"].endswith("/decryption-failed")
     assert kms(svc, "decrypt", stdin=ct1, expect=None).returncode != 0  # context missing
 
     # -- data key round trip -------------------------------------------------------------------
