@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import IO
+from typing import IO, NoReturn
 
 from kms.client import KmsClient
 from kms.commands import COMMAND_MODULES, CommandContext
@@ -32,8 +32,16 @@ EXIT_SERVER_ERROR = 5
 DEFAULT_PROFILE_ENV = "KMS_PROFILE"
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """A usage error is one line on stderr, like every other failure (subcommands' parsers
+    are made of this class too)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="Enclave KMS client.")
+    parser = _OneLineErrors(prog=PROG, description="Enclave KMS client.")
     parser.add_argument(
         "--profile",
         default=os.environ.get(DEFAULT_PROFILE_ENV),

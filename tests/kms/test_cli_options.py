@@ -37,3 +37,22 @@ def test_without_json_a_failure_prints_one_line_and_nothing_on_stdout(tmp_path: 
     assert code == 2
     assert out.getvalue() == ""
     assert "cannot read profile" in err.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["keys", "create", "--purpose", "bogus"], "invalid choice: 'bogus'"),
+        (["encrypt"], "required: --key"),
+        ([], "required: command"),
+        (["no-such-command"], "invalid choice"),
+    ],
+)
+def test_a_usage_error_is_one_line_and_exit_2(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(argv, stdout=io.StringIO(), stderr=io.StringIO())
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert says in err and "--help" in err
