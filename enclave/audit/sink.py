@@ -93,7 +93,8 @@ class FileAuditSink:
         """After a failed write: drop whatever part of it reached the file, and reopen on
         the next append (so the file's size is read again, not assumed)."""
         with contextlib.suppress(OSError):
-            os.ftruncate(fd, self._size)
+            if os.fstat(fd).st_size > self._size:  # never extend a file cut shorter meanwhile
+                os.ftruncate(fd, self._size)
         self.close()
 
     def read_lines(self) -> Iterator[bytes]:

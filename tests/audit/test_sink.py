@@ -144,3 +144,21 @@ def test_the_audit_log_refuses_alerts_and_recovers_when_its_file_is_replaced(
     operations = [json.loads(line)["operation"] for line in path.read_bytes().splitlines()]
     # The refused record is kept and written (nothing chained is dropped), then the next.
     assert operations == ["keys.decrypt", "keys.sign"]
+
+
+def test_a_failed_write_never_extends_a_file_that_was_cut_shorter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "audit.log"
+    sink = FileAuditSink(path)
+    sink.append([b"0123456789\n"])
+    with path.open("r+b") as handle:  # someone truncates the file in place
+        handle.truncate(3)
+
+    def disk_full(fd: int, data: bytes | memoryview) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sink_module.os, "write", disk_full)
+    with pytest.raises(OSError):
+        sink.append([b"x\n"])
+    assert path.read_bytes() == b"012"
