@@ -10,7 +10,6 @@ line goes to stderr and, with ``--json``, an RFC 9457 problem document to stdout
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -20,7 +19,15 @@ from typing import IO, NoReturn
 
 from kms.client import KmsClient
 from kms.commands import COMMAND_MODULES, CommandContext
-from kms.errors import AttestationRefused, KmsError, ProfileError, ServerError, TransportError
+from kms.credentials import discard_stdout
+from kms.errors import (
+    AttestationRefused,
+    KmsError,
+    ProfileError,
+    ServerError,
+    TransportError,
+    UsageError,
+)
 from kms.profile import Profile
 
 PROG = "kms"
@@ -32,12 +39,32 @@ EXIT_SERVER_ERROR = 5
 DEFAULT_PROFILE_ENV = "KMS_PROFILE"
 
 
+class _CommandLineError(Exception):
+    """The command line does not parse: ``main`` reports it like every other failure."""
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(message)
+        self.prog = prog
+        self.message = message
+
+
 class _OneLineErrors(argparse.ArgumentParser):
-    """A usage error is one line on stderr, like every other failure (subcommands' parsers
-    are made of this class too)."""
+    """A usage error is one line on stderr, like every other failure, and with ``--json``
+    the problem document too (subcommands' parsers are made of this class as well)."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+        raise _CommandLineError(self.prog, message)
+
+
+def _asks_for_json(argv: Sequence[str]) -> bool:
+    """``--json`` anywhere among the options (not after ``--``): an unparsable command line
+    still gets the problem document the caller asked for."""
+    for arg in argv:
+        if arg == "--":
+            return False
+        if arg == "--json":
+            return True
+    return False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,9 +123,15 @@ def main(
 ) -> int:
     out = stdout or sys.stdout
     err = stderr or sys.stderr
+    arguments = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:
+        args = build_parser().parse_args(arguments)
+    except _CommandLineError as exc:
+        print(f"{exc.prog}: {exc.message} (see {exc.prog} --help)", file=err)
+        if _asks_for_json(arguments):
+            print(json.dumps(UsageError(exc.message).as_problem(), indent=2), file=out)
+        return EXIT_USAGE
+    except SystemExit as exc:  # --help, --version
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.ERROR,
@@ -120,6 +153,8 @@ def main(
             if as_json:
                 print(json.dumps(exc.as_problem(), indent=2), file=out)
             return _exit_code(exc)
+        except BrokenPipeError:
+            return _reader_left()
     try:
         if not args.profile:
             raise ProfileError("no profile: give --profile FILE (or set $KMS_PROFILE)")
@@ -138,9 +173,13 @@ def main(
         else:
             _print_claims(claims, out)
         out.flush()
-    except BrokenPipeError:  # `kms attest | head`: the reader left; not an error of ours
-        with contextlib.suppress(OSError):
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - interpreter exit flushes it
+    except BrokenPipeError:
+        return _reader_left()
+    return EXIT_OK
+
+
+def _reader_left() -> int:
+    discard_stdout()
     return EXIT_OK
 
 

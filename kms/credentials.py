@@ -316,13 +316,19 @@ def print_json(ctx: Any, document: Any) -> None:
     try:
         print(json.dumps(document, indent=2, sort_keys=False), file=ctx.stdout)
         ctx.stdout.flush()
-    except BrokenPipeError:  # `kms ... | head`: the reader left; not an error of ours
-        import contextlib
-        import os
-        import sys
+    except BrokenPipeError:
+        discard_stdout()
 
-        with contextlib.suppress(OSError):
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - interpreter exit flushes it
+
+def discard_stdout() -> None:
+    """``kms ... | head``: the reader closed the pipe. Not an error of ours, and no
+    traceback: the interpreter's final flush goes to /dev/null instead of the closed pipe."""
+    import contextlib
+    import os
+    import sys
+
+    with contextlib.suppress(OSError):
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - interpreter exit flushes it
 
 
 def read_stdin(ctx: Any, limit: int) -> bytes:
