@@ -21,13 +21,16 @@ import functools
 import json
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, TypeVar, Union
 
 T = TypeVar("T")
 
 MAX_STRING_CHARS = 64 * 1024
 MAX_LIST_ITEMS = 64
+# Request bodies are flat (a release policy, the deepest, nests 3 levels); a deeper body is
+# refused before a model sees it, and every decoder limit answers the same.
+MAX_JSON_DEPTH = 32
 
 
 class BadInput(Exception):
@@ -282,7 +285,8 @@ def _build(model: type[M], parser: _Parser, values: dict[str, Any]) -> M:
 
 
 def parse_json(body: bytes) -> object:
-    """Decode a request body as JSON (UTF-8, no NaN/Infinity); ``BadInput`` otherwise."""
+    """Decode a request body as JSON (UTF-8, no NaN/Infinity, at most ``MAX_JSON_DEPTH``
+    levels of arrays and objects); ``BadInput`` otherwise."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
@@ -290,11 +294,44 @@ def parse_json(body: bytes) -> object:
     if text.startswith("\ufeff"):  # as json.loads refuses it
         raise BadInput("the body is not valid JSON: Unexpected UTF-8 BOM", slug="malformed-json")
     try:
-        return _decode(text)
+        document = _decode(text)
+    except RecursionError:  # the C scanner's own limit, far beyond MAX_JSON_DEPTH
+        raise _too_deep() from None
     except ValueError as exc:
         raise BadInput(
             f"the body is not valid JSON: {exc.args[0][:80]}", slug="malformed-json"
         ) from None
+    # Only a body with more brackets than the limit can nest deeper than it.
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _deeper_than(
+        document, MAX_JSON_DEPTH
+    ):
+        raise _too_deep()
+    return document
+
+
+def _too_deep() -> BadInput:
+    return BadInput(
+        f"the body nests arrays and objects deeper than {MAX_JSON_DEPTH} levels",
+        slug="malformed-json",
+    )
+
+
+def _deeper_than(document: object, limit: int) -> bool:
+    """Whether ``document`` has arrays and objects nested more than ``limit`` deep (walked
+    without recursion: the document may be as deep as the decoder allows)."""
+    pending: list[tuple[object, int]] = [(document, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, dict):
+            items: Iterable[object] = value.values()
+        elif isinstance(value, list):
+            items = value
+        else:
+            continue
+        if depth > limit:
+            return True
+        pending.extend((item, depth + 1) for item in items)
+    return False
 
 
 def _reject_constant(name: str) -> object:

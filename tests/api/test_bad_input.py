@@ -57,9 +57,14 @@ async def _key(api: Api, holder: dict[str, str]) -> str:
         (b'{"key_id": NaN, "plaintext": "aGk="}', "malformed-json"),
         (b"[1, 2]", "invalid-request"),
         (b'"text"', "invalid-request"),
+        (b"[" * 10000 + b"]" * 10000, "malformed-json"),
+        (b'{"key_id": "k", "plaintext": "aGk=", "context": ' + b'{"a":' * 40 + b'"b"' + b"}" * 41,
+         "malformed-json"),
+        (b"[" * 100000, "malformed-json"),
     ],
-    ids=["garbage", "trailing-comma", "not-utf8", "nan", "array", "string"],
-)
+    ids=["garbage", "trailing-comma", "not-utf8", "nan", "array", "string", "deep-array",
+         "deep-object", "deep-unterminated"],
+)  # fmt: skip
 async def test_malformed_json_is_400(api: Api, raw: bytes, slug: str) -> None:
     await _expect(api, 400, slug, "POST", "/v1/encrypt", raw=raw)
 
