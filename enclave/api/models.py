@@ -306,7 +306,33 @@ def parse_json(body: bytes) -> object:
         document, MAX_JSON_DEPTH
     ):
         raise _too_deep()
+    # A string is Unicode only if no \uD800-\uDFFF escape is left unpaired: the
+    # decoder keeps such a lone surrogate, which no UTF-8 writer (the store, the audit
+    # log) can encode. Raw UTF-8 cannot carry one: only a body with an escape can.
+    if "\\u" in text and _has_lone_surrogate(document):
+        raise BadInput("the body has a string that is not Unicode (a lone surrogate)",
+                       slug="malformed-json")  # fmt: skip
     return document
+
+
+def _has_lone_surrogate(document: object) -> bool:
+    """Whether a string of ``document`` (a key or a value, at any depth) does not encode
+    as UTF-8."""
+    pending = [document]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str):
+            if not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    return True
+        elif isinstance(value, dict):
+            pending.extend(value)
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return False
 
 
 def _too_deep() -> BadInput:

@@ -61,9 +61,11 @@ async def _key(api: Api, holder: dict[str, str]) -> str:
         (b'{"key_id": "k", "plaintext": "aGk=", "context": ' + b'{"a":' * 40 + b'"b"' + b"}" * 41,
          "malformed-json"),
         (b"[" * 100000, "malformed-json"),
+        (b'{"key_id": "k", "plaintext": "aGk=", "context": {"a": "\\ud800"}}', "malformed-json"),
+        (b'{"key_id": "k", "plaintext": "aGk=", "\\udc00": 1}', "malformed-json"),
     ],
     ids=["garbage", "trailing-comma", "not-utf8", "nan", "array", "string", "deep-array",
-         "deep-object", "deep-unterminated"],
+         "deep-object", "deep-unterminated", "lone-surrogate", "lone-surrogate-name"],
 )  # fmt: skip
 async def test_malformed_json_is_400(api: Api, raw: bytes, slug: str) -> None:
     await _expect(api, 400, slug, "POST", "/v1/encrypt", raw=raw)
@@ -134,6 +136,14 @@ async def test_deletion_window_out_of_range_is_400(api: Api, key_holder: dict[st
     for days in (6, 31, 0, -1):
         await _expect(api, 400, "invalid-request", "POST", f"/v1/keys/{key_id}/schedule-deletion",
                       {"days": days})  # fmt: skip
+
+
+async def test_a_lone_surrogate_is_refused_before_it_reaches_the_audit_log(api: Api) -> None:
+    # Public, and audited with what it names: a string UTF-8 cannot carry once stopped the
+    # audit writer, and with it every later request.
+    body = b'{"principal_id": "\\ud800", "platform": "sev-snp", "evidence": "", "challenge": ""}'
+    await _expect(api, 400, "malformed-json", "POST", "/v1/workloads/authenticate", raw=body)
+    await _expect(api, 404, "not-found", "GET", "/v1/keys/key_" + "0" * 32)
 
 
 async def test_oversized_bodies_are_413(api: Api, key_holder: dict[str, str]) -> None:

@@ -14,6 +14,7 @@ from enclave.api.models import BadInput, Model, parse, parse_json
 BODIES = [
     b'{"a":1}', b' {"a":1}', b'{"a":1} ', b'{"a":1}x', b"", b"[NaN]", b'{"a":', b"1",
     b'"x"', b'{"a":1}{}', b'{"a":Infinity}', b"\n\t{}\n", b"{} []", b'{"a":"\\u00e9"}',
+    b'{"a":"\\ud83d\\ude00"}', b'{"a":"\\\\ud800"}', b"[" * 32 + b"]" * 32,
 ]  # fmt: skip
 
 
