@@ -400,12 +400,13 @@ class AuditLog:
         if not self._healthy and not self._try_flush():
             # Storage is still down: refuse the new entries at once (their operations are
             # refused), but chain and keep every record for the retry, so none is lost.
-            for entry in batch:
-                if entry.operation != CHECKPOINT_OPERATION:
-                    self._pending.append(self._chain(entry))
-            _settle(batch, None, AuditUnavailable("audit storage is unavailable"))
+            checkpoints = [e for e in batch if e.operation == CHECKPOINT_OPERATION]
+            records = [e for e in batch if e.operation != CHECKPOINT_OPERATION]
+            kept, chained = self._chain_each(records)
+            self._pending.extend(chained)
+            _settle(checkpoints + kept, None, AuditUnavailable("audit storage is unavailable"))
             return
-        chained = [self._chain(entry) for entry in batch]
+        batch, chained = self._chain_each(batch)
         self._pending.extend(chained)
         if self._checkpoint_due(len(chained)):
             self._pending.append(self._checkpoint())
@@ -452,6 +453,23 @@ class AuditLog:
                     callback(record)
                 except Exception:
                     log.exception("audit on_record listener failed")
+
+    def _chain_each(self, batch: list[_Entry]) -> tuple[list[_Entry], list[ChainedRecord]]:
+        """The entries of ``batch`` that chained, and their records. An entry that cannot
+        be written (a value JSON or UTF-8 cannot encode) is refused on its own, before it
+        changes the chain: the writer thread, and every other record, go on."""
+        kept: list[_Entry] = []
+        chained: list[ChainedRecord] = []
+        for entry in batch:
+            try:
+                chained.append(self._chain(entry))
+            except (TypeError, ValueError, RecursionError):
+                log.error("audit record refused: %s has a value that cannot be encoded",
+                          entry.operation)  # fmt: skip
+                _settle([entry], None, AuditUnavailable("the audit record cannot be encoded"))
+                continue
+            kept.append(entry)
+        return kept, chained
 
     def _chain(self, entry: _Entry) -> ChainedRecord:
         checkpoint = entry.operation == CHECKPOINT_OPERATION

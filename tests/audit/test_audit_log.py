@@ -174,6 +174,40 @@ def test_failed_storage_refuses_then_loses_nothing(tmp_path: Path) -> None:
     assert operations.count("keys.encrypt") == 5
 
 
+@pytest.mark.parametrize(
+    ("broken", "details"),
+    [(False, {"principal_id": "\ud800"}), (False, {"at": object()}), (True, {"x": "\udfff"})],
+    ids=["lone-surrogate", "not-json", "lone-surrogate-while-storage-fails"],
+)
+def test_a_record_that_cannot_be_encoded_is_refused_alone(
+    tmp_path: Path, broken: bool, details: dict[str, object]
+) -> None:
+    # It once stopped the writer thread: every later record waited forever.
+    sink = FlakySink(tmp_path / "audit.log")
+    log, public, _ = make_log(sink, retry_interval=0.05)
+    lifecycle(log, 2)
+    sink.broken = broken
+    futures = [
+        log.submit(principal="p", operation="keys.decrypt", outcome="denied", details=details),
+        log.submit(principal="p", operation="keys.sign", outcome="denied"),
+    ]
+    with pytest.raises(AuditUnavailable):
+        futures[0].result(5)
+    if broken:
+        with pytest.raises(AuditUnavailable):
+            futures[1].result(5)
+        sink.broken = False
+    else:
+        assert futures[1].result(5).operation == "keys.sign"
+    lifecycle(log, 2)
+    lines = log.export_lines()
+    log.stop()
+    report = verify_export(lines, pinned_public_key=public)
+    assert report.intact, report.problems
+    operations = [json.loads(line)["operation"] for line in lines[1:]]
+    assert "keys.decrypt" not in operations and operations.count("keys.sign") == 1
+
+
 def test_restart_continues_the_chain(tmp_path: Path) -> None:
     path = tmp_path / "audit.log"
     log, _, _ = make_log(FileAuditSink(path))
