@@ -306,6 +306,9 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         except (BadInput, AuthenticationError) as exc:
             return await _answer_error(state, request, exc, principal=ANONYMOUS,
                                        operation="api.public", audit_it=True)  # fmt: skip
+        except Exception as exc:  # the service audited its own refusals
+            return await _answer_error(state, request, exc, principal=ANONYMOUS,
+                                       operation="api.public", audit_it=False)  # fmt: skip
     operation = declaration.operation if declaration is not None else "api.unrouted"
     try:
         caller = authenticate(state, request)

@@ -146,6 +146,13 @@ async def test_a_lone_surrogate_is_refused_before_it_reaches_the_audit_log(api: 
     await _expect(api, 404, "not-found", "GET", "/v1/keys/key_" + "0" * 32)
 
 
+async def test_a_refused_workload_authentication_is_a_4xx_not_a_500(api: Api) -> None:
+    # A public route: the service's typed refusals (audited by the service) once escaped as 500.
+    body = {"principal_id": "prn_" + "0" * 24, "platform": "sev-snp",
+            "evidence": b64(b"e" * 32), "challenge": b64(b"c" * 32)}  # fmt: skip
+    await _expect(api, 403, "release-refused", "POST", "/v1/workloads/authenticate", body)
+
+
 async def test_oversized_bodies_are_413(api: Api, key_holder: dict[str, str]) -> None:
     key_id = await _key(api, key_holder)
     big = json.dumps({"key_id": key_id, "plaintext": b64(b"x" * (1024 * 1024))}).encode()
