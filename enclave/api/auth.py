@@ -194,6 +194,8 @@ def _bearer(request: web.Request) -> str:
         raise AuthenticationError("the Authorization scheme must be Bearer", "invalid-token")
     if len(token) > MAX_TOKEN_BYTES:
         raise AuthenticationError("token is too large", "invalid-token")
+    if not token.isascii():  # a JWT is base64url and dots; other bytes arrive as surrogates
+        raise AuthenticationError("token is not a JWT", "invalid-token")
     return token
 
 

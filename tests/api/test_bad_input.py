@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -175,6 +176,24 @@ async def test_missing_or_malformed_authorization_is_401(api: Api) -> None:
     async with api.client.get("/v1/keys") as response:  # no header at all
         assert response.status == 401 and response.content_type == PROBLEM
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize("token", [b"t\xf6k.en.x", b"\xff", b"\xc3\xa9"], ids=repr)
+async def test_a_token_that_is_not_ascii_is_401(api: Api, token: bytes) -> None:
+    # Sent as raw bytes (a client encodes text headers as UTF-8): aiohttp gives a byte that
+    # is not UTF-8 to the token check as a lone surrogate, which once answered 500.
+    before, records = api.store_digest(), len(api.audit_records())
+    server = api.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(b"GET /v1/keys HTTP/1.1\r\nHost: kms\r\nConnection: close\r\n"
+                 b"Authorization: Bearer " + token + b"\r\n\r\n")  # fmt: skip
+    head, _, body = (await reader.read()).partition(b"\r\n\r\n")
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 401 "), head
+    assert b"content-type: application/problem+json" in head.lower()
+    assert _slug(json.loads(body)) == "invalid-token"
+    assert api.store_digest() == before
+    assert [r.outcome for r in api.audit_records()[records:]] == ["denied"]
 
 
 async def test_bad_tokens_are_401(api: Api) -> None:
