@@ -21,7 +21,7 @@ from enclave.auth.access import AccessDenied
 from enclave.auth.tokens import AuthenticationError
 from enclave.kms.errors import KmsError
 from enclave.problems import problem_response
-from enclave.storage.errors import StorageError
+from enclave.storage.errors import InvalidRecord, StorageError
 from verifier.errors import VerificationError
 
 _TITLES = {
@@ -70,6 +70,8 @@ def problem_for(exc: BaseException) -> Problem | None:
             "the audit log cannot record the request; nothing was done",
             {"Retry-After": "5"},
         )  # fmt: skip
+    if isinstance(exc, InvalidRecord):  # an id from the request (NUL, too long): malformed
+        return Problem(400, "invalid-request", _TITLES[400], "an id in the request is malformed")
     if isinstance(exc, StorageError):
         return Problem(
             503, "storage-unavailable", _TITLES[503], "the KMS store is unavailable",

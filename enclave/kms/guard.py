@@ -23,7 +23,8 @@ from enclave.audit.log import AuditLog
 from enclave.audit.records import Outcome
 from enclave.auth.access import AccessDenied, GrantDirectory, Requirement, check
 from enclave.auth.principals import Level, Principal, PrincipalDirectory
-from enclave.kms.errors import KmsError
+from enclave.kms.errors import InvalidRequest, KmsError
+from enclave.storage.errors import InvalidRecord
 from verifier.errors import VerificationError
 
 T = TypeVar("T")
@@ -242,4 +243,6 @@ def _failure(exc: Exception) -> tuple[Outcome, int, str]:
         return exc.outcome, exc.status, exc.type
     if isinstance(exc, VerificationError):
         return "denied", 403, exc.type
+    if isinstance(exc, InvalidRecord):  # an id from the request the store cannot hold
+        return "invalid", InvalidRequest.status, InvalidRequest.type
     return "error", 500, type(exc).__name__

@@ -168,6 +168,21 @@ async def test_unknown_key_and_route(api: Api) -> None:
     await _expect(api, 404, "not-found", "GET", "/v1/keys/key_" + "0" * 32 + "/nothing")
 
 
+@pytest.mark.parametrize("odd", ["%00", "x" * 600], ids=["nul", "too-long"])
+@pytest.mark.parametrize(
+    ("method", "template"),
+    [("GET", "/v1/keys/{}/rotation"), ("POST", "/v1/principals/{}/disable"),
+     ("DELETE", "/v1/grants/{}/{}")],
+    ids=["rotation", "disable", "revoke"],
+)  # fmt: skip
+async def test_an_id_the_store_cannot_hold_is_400(
+    api: Api, odd: str, method: str, template: str
+) -> None:
+    # The store refuses such an id as a malformed record id; that was a 503.
+    body = {} if method == "POST" else None
+    await _expect(api, 400, "invalid-request", method, template.format(odd, odd), body)
+
+
 # -- credentials ---------------------------------------------------------------------------------
 async def test_missing_or_malformed_authorization_is_401(api: Api) -> None:
     for value in ("", "Basic abc", "Bearer not.a.jwt", "Bearer ", "Bearer " + "a" * 5000):
