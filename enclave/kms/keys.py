@@ -543,7 +543,13 @@ class KeyService:
     ) -> KeyInfo:
         """Every version not yet destroyed (or one version) goes pending deletion for a
         cancellable window of 7..30 days; ``run_deletion_job`` destroys it when due."""
-        window = timedelta(days=window_days) if isinstance(window_days, int) else timedelta(-1)
+        # Out of range is refused by ``validate``; a huge number of days would overflow
+        # ``timedelta`` before it got there.
+        in_range = (
+            isinstance(window_days, int)
+            and DELETION_WINDOW_MIN.days <= window_days <= DELETION_WINDOW_MAX.days
+        )
+        window = timedelta(days=window_days) if in_range else timedelta(-1)
 
         def validate(note: AuditNote) -> None:
             check_key_id(key_id)
