@@ -65,6 +65,7 @@ from aiohttp import ClientSession, ClientTimeout, web
 
 from enclave.api.auth import API_STATE, CALLER_KEY, authenticate
 from enclave.api.errors import Problem, problem_for, unauthenticated
+from enclave.api.models import BadInput, parse_json
 from enclave.app import CONFIG, RUNTIME
 from enclave.auth.access import AccessDenied
 from enclave.auth.principals import Level, Principal
@@ -672,6 +673,8 @@ def _guarded(handler: Route) -> Route:
             return await handler(request)
         except (GovernanceError, BackupError) as exc:
             return _governance_problem(exc, request.path)
+        except BadInput as exc:  # a body too large or not JSON (``_json``, ``read_body``)
+            return _problem(exc).response(request.path)
 
     wrapped.__name__ = handler.__name__
     return wrapped
@@ -680,11 +683,7 @@ def _guarded(handler: Route) -> Route:
 async def _json(request: web.Request) -> dict[str, Any]:
     from enclave.api.routes import read_body
 
-    body = await read_body(request, MAX_JSON_BYTES)
-    try:
-        value = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise _BadRequest("the body is not JSON") from None
+    value = parse_json(await read_body(request, MAX_JSON_BYTES))
     if not isinstance(value, dict):
         raise _BadRequest("the body is a JSON object")
     return value
@@ -726,6 +725,9 @@ def _routes() -> list[web.AbstractRouteDef]:
         ttl = body.get("ttl_seconds")
         if ttl is not None and (type(ttl) is not int or ttl <= 0):
             raise _BadRequest("ttl_seconds is a positive integer")
+        if ttl is not None and ttl > governance.settings.max_ttl.total_seconds():
+            # Checked here too: a huge number overflows timedelta before propose sees it.
+            raise InvalidProposal(f"a proposal lives at most {governance.settings.max_ttl}")
         proposal = await governance.propose(
             operation,
             parameters,
@@ -824,7 +826,7 @@ def _routes() -> list[web.AbstractRouteDef]:
         backup_id = request.match_info["backup_id"]
         body = await read_body(request, MAX_BUNDLE_UPLOAD_BYTES * 4 // 3 + 1024)
         try:
-            document = json.loads(body)
+            document: Any = parse_json(body)  # not an object: TypeError below
             data = base64.b64decode(document["bundle"], validate=True)
             manifest = Manifest.from_bytes(Bundle.from_bytes(data).manifest_bytes)
         except (ValueError, KeyError, TypeError, binascii.Error):

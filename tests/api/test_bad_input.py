@@ -183,6 +183,35 @@ async def test_an_id_the_store_cannot_hold_is_400(
     await _expect(api, 400, "invalid-request", method, template.format(odd, odd), body)
 
 
+@pytest.mark.parametrize(
+    ("raw", "status", "slug"),
+    [(b"[" * 10000 + b"]" * 10000, 400, "malformed-json"),
+     (b'{"operation": "\\ud800"}', 400, "malformed-json"),
+     (b"\xef\xbb\xbf{}", 400, "malformed-json"),
+     (b'{"operation": "x", "ttl_seconds": NaN}', 400, "malformed-json"),
+     (b"{" + b" " * (300 * 1024) + b"}", 413, "payload-too-large")],
+    ids=["deep", "lone-surrogate", "bom", "nan", "too-large"],
+)  # fmt: skip
+@pytest.mark.parametrize(
+    "path",
+    ["/v1/governance/proposals", "/v1/governance/proposals/prop_x/approvals",
+     "/v1/backup/restore/shares"],
+    ids=["propose", "approve", "share"],
+)  # fmt: skip
+async def test_governance_bodies_are_refused_like_the_api_s(
+    api: Api, path: str, raw: bytes, status: int, slug: str
+) -> None:
+    # They were parsed with json.loads: a deep body and an oversized one were 500s.
+    await _expect(api, status, slug, "POST", path, raw=raw)
+
+
+@pytest.mark.parametrize("ttl", [8 * 86400, 2**63, 10**400])
+async def test_a_proposal_ttl_beyond_the_limit_is_400(api: Api, ttl: int) -> None:
+    # A huge one overflowed timedelta: 500.
+    await _expect(api, 400, "invalid-proposal", "POST", "/v1/governance/proposals",
+                  {"operation": "master_key.rotate", "ttl_seconds": ttl})  # fmt: skip
+
+
 # -- credentials ---------------------------------------------------------------------------------
 async def test_missing_or_malformed_authorization_is_401(api: Api) -> None:
     for value in ("", "Basic abc", "Bearer not.a.jwt", "Bearer ", "Bearer " + "a" * 5000):
