@@ -78,7 +78,22 @@ def _parse_time(request: web.Request, name: str, default: datetime) -> datetime:
         raise BadRequest(f"{name} must be an RFC 3339 time") from None
     if value.tzinfo is None:
         raise BadRequest(f"{name} must carry a zone (e.g. Z)")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00
+        raise BadRequest(f"{name} is out of range") from None
+
+
+def _report_period(request: web.Request, now: datetime) -> tuple[datetime, datetime]:
+    """The (start, end) the query asks for: by default the ``DEFAULT_REPORT_PERIOD`` up to
+    ``now``; ``BadRequest`` for a period that is not start < end within 400 days."""
+    end = _parse_time(request, "end", now)
+    if end - datetime.min.replace(tzinfo=UTC) < DEFAULT_REPORT_PERIOD:
+        raise BadRequest("end is out of range")  # the default start would overflow
+    start = _parse_time(request, "start", end - DEFAULT_REPORT_PERIOD)
+    if not start < end or end - start > MAX_REPORT_PERIOD:
+        raise BadRequest("the period must have start < end and span at most 400 days")
+    return start, end
 
 
 def dashboard_routes(
@@ -107,15 +122,14 @@ def dashboard_routes(
 
         @routes.get("/v1/reports/compliance")
         async def compliance(request: web.Request) -> web.Response:
-            await _check(require_access, request)
+            # The query first: the access check audits the report as read, which a refused
+            # query is not (it is audited as invalid, as a request no one read anything for).
             now = report_sources.clock()
-            end = _parse_time(request, "end", now)
-            start = _parse_time(request, "start", end - DEFAULT_REPORT_PERIOD)
-            if not start < end or end - start > MAX_REPORT_PERIOD:
-                raise BadRequest("the period must have start < end and span at most 400 days")
+            start, end = _report_period(request, now)
             fmt = request.query.get("format", "json")
             if fmt not in ("json", "html"):
                 raise BadRequest("format must be json or html")
+            await _check(require_access, request)
             report = build_report(
                 report_sources.records(start, end),
                 report_sources.keys(),

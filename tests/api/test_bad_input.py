@@ -212,6 +212,18 @@ async def test_a_proposal_ttl_beyond_the_limit_is_400(api: Api, ttl: int) -> Non
                   {"operation": "master_key.rotate", "ttl_seconds": ttl})  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    "query",
+    ["end=0001-01-01T00:00:00Z", "start=0001-01-01T00:00:00%2B01:00", "format=xml",
+     "start=garbage", "start=2026-01-01T00:00:00"],
+    ids=["end-overflow", "start-overflow", "format", "garbage", "no-zone"],
+)  # fmt: skip
+async def test_a_bad_report_query_is_400_and_audited_as_invalid(api: Api, query: str) -> None:
+    # The first two were 500s (overflow); every one was audited as an allowed read.
+    await _expect(api, 400, "bad-request", "GET", f"/v1/reports/compliance?{query}")
+    assert api.audit_records()[-1].outcome == "invalid"
+
+
 # -- credentials ---------------------------------------------------------------------------------
 async def test_missing_or_malformed_authorization_is_401(api: Api) -> None:
     for value in ("", "Basic abc", "Bearer not.a.jwt", "Bearer ", "Bearer " + "a" * 5000):
