@@ -160,8 +160,10 @@ class TokenAuthenticator:
                 key,
                 algorithms=["EdDSA"],
                 audience=self._audience,
+                # strict_aud: ``aud`` is this KMS's string, as the format says; not a list
+                # that merely contains it (a token meant for several services).
                 options={"require": ["exp", "iat", "aud", "iss"], "verify_exp": False,
-                         "verify_iat": False},
+                         "verify_iat": False, "strict_aud": True},
             )  # fmt: skip
         except jwt.InvalidAudienceError:
             raise AuthenticationError("token is for another KMS", "wrong-audience") from None

@@ -262,6 +262,7 @@ async def test_bad_tokens_are_401(api: Api) -> None:
     cases = {
         "expired-token": api.token(api.admin, now=now - 1000, lifetime=60),
         "wrong-audience": api.token(api.admin, audience="kms_another"),
+        "wrong-audience ": api.token(api.admin, audience=[api.kms_id, "kms_another"]),
         "wrong-tls-key": api.token(api.admin, tls_spki_der=other_tls),
         "token-lifetime-too-long": api.token(api.admin, lifetime=3600),
         "invalid-token": api.token(api.admin, key=Ed25519PrivateKey.generate()),
