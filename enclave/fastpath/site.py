@@ -18,6 +18,7 @@ from aiohttp import web
 
 from enclave.fastpath.connection import ConnectionSet
 from enclave.fastpath.delegation import FastPathRunner
+from enclave.fastpath.fallback import problem_handlers
 from enclave.fastpath.routes import FastRoutes
 
 LISTEN_BACKLOG = 128  # aiohttp's sites' default
@@ -43,7 +44,7 @@ class FastPathSite(web.BaseSite):
             raise ValueError("listen on one of host+port, path or sock")
         server = runner.server
         assert server is not None  # BaseSite checked it
-        self._connections = ConnectionSet(routes, server)
+        self._connections = ConnectionSet(routes, problem_handlers(server))
         self._where = (host, port, path, sock)
         self._shutdown_timeout = shutdown_timeout
 

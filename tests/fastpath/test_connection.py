@@ -233,6 +233,45 @@ async def test_ambiguous_framing_never_reaches_the_fast_handler(
     writer.close()
 
 
+SECRET = b"eyJhbGciOiJFZERTQSJ9.c2VjcmV0.c2ln"
+
+
+@pytest.mark.parametrize(
+    "unparsable",
+    [
+        b"POST /fast HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer " + SECRET + b"\x01\r\n"
+        b"Content-Length: 2\r\n\r\n{}",
+        b"GET /slow HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer " + SECRET + b"\x7f\r\n\r\n",
+        b"FOO /fast HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer " + SECRET + b"\r\n\r\n",
+        b"POST /fast HTTP/1.1\r\nHost: t\r\nX: " + SECRET + b"\r\nContent-Length: x\r\n\r\n",
+        b"POST /f\xc3\xa4st HTTP/1.1\r\nHost: t\r\nX: " + SECRET + b"\r\n\r\n",
+    ],
+    ids=[
+        "bad-header-char-fast-route",
+        "bad-header-char-other-route",
+        "unknown-method",
+        "bad-content-length",
+        "raw-non-ascii-path",
+    ],
+)
+async def test_an_unparsable_request_gets_a_problem_that_quotes_nothing(
+    running: Running, unparsable: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiohttp's own refusal quoted the offending line (here, a bearer token) in its
+    answer and in the log."""
+    reader, writer = await running.open()
+    writer.write(unparsable)
+    answer = await read_answer(reader)
+    assert answer.status == 400
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert b'"type": "https://enclave-kms.dev/problems/malformed-http"' in answer.body
+    assert SECRET not in answer.body
+    assert SECRET.decode() not in caplog.text
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, as aiohttp does
+    assert running.served.count == 0
+    writer.close()
+
+
 async def test_a_declared_body_over_the_limit_is_refused_by_aiohttp(running: Running) -> None:
     reader, writer = await running.open()
     writer.write(b"POST /fast HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % (LIMIT + 1))
