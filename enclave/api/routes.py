@@ -109,6 +109,7 @@ from enclave.api.views import (
 from enclave.auth.principals import Level
 from enclave.auth.tokens import CNF_KEY, MAX_TOKEN_LIFETIME
 from enclave.keys.material import Ciphertext
+from enclave.keys.metadata import KEY_ID_PATTERN
 from enclave.kms.rotation import MAX_WAIT_SECONDS
 from enclave.kms.service import KeyRequest
 from verifier.errors import InvalidPolicy
@@ -518,6 +519,8 @@ async def rotation_events(request: web.Request) -> web.Response:
 @api.add("POST", "/v1/keys/{key_id}/release-challenge", "keys.release", key="path")
 async def release_challenge(request: web.Request) -> web.Response:
     await body_of(request, Empty)
+    if not KEY_ID_PATTERN.match(request.match_info["key_id"]):
+        raise BadInput("a key id is key_ followed by 32 hex digits")
     challenge = _state(request).kms.distribution.release_challenge()
     await _audit_allowed(request, "keys.release_challenge", key_id=request.match_info["key_id"])
     return answer({"challenge": b64(challenge)})

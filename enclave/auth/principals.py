@@ -8,6 +8,7 @@ matches a reference measurement instead of (or as well as) a key.
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -27,6 +28,10 @@ class Level(IntEnum):
     MANAGE_KEY = 2
     CREATE_DELETE_KEYS = 3
     SYSTEM_ADMIN = 4
+
+
+# Every principal id, made here or derived from the administrator's key (kms_api).
+PRINCIPAL_ID_PATTERN = re.compile(r"prn_[0-9a-f]{24}")
 
 
 def new_principal_id() -> str:

@@ -68,7 +68,7 @@ from enclave.api.errors import Problem, problem_for, unauthenticated
 from enclave.api.models import BadInput, parse_json
 from enclave.app import CONFIG, RUNTIME
 from enclave.auth.access import AccessDenied
-from enclave.auth.principals import Level, Principal
+from enclave.auth.principals import PRINCIPAL_ID_PATTERN, Level, Principal
 from enclave.auth.tokens import AuthenticationError
 from enclave.backup.bundle import BackupKey, BundleCheck, verify_stored_bundles
 from enclave.backup.custodians import custodian_policy_from_config
@@ -140,7 +140,6 @@ MAX_BACKUP_AGE = timedelta(days=2)
 VERIFY_AT = daytime(3, 30)
 REFERENCE_MEASUREMENTS_ID = "reference_measurements"
 _KEY_ID_RE = re.compile(r"key_[0-9a-f]{32}")
-_PRINCIPAL_ID_RE = re.compile(r"prn_[0-9a-f]{24}")
 _HEX_RE = re.compile(r"[0-9a-f]+")
 
 Executor = Callable[[Proposal], Awaitable[Mapping[str, Any] | None]]
@@ -599,7 +598,7 @@ def _check_parameters(operation: str, params: Mapping[str, Any]) -> None:
     elif operation == EMERGENCY_ISOLATE:
         if "principal_id" in params:
             fields({"principal_id"}, {"reason"})
-            if not _PRINCIPAL_ID_RE.fullmatch(str(params["principal_id"])):
+            if not PRINCIPAL_ID_PATTERN.fullmatch(str(params["principal_id"])):
                 raise InvalidProposal("principal_id is prn_ + 24 hex digits")
         else:
             fields({"key_id"}, {"reason"})

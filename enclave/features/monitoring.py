@@ -99,7 +99,7 @@ log = logging.getLogger("enclave.monitoring")
 
 AUDIT_UNAVAILABLE = "audit-unavailable"
 # A principal id as the KMS mints them; anything else from an unverified token is "malformed".
-_CLAIMED_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,80}$")
+_CLAIMED_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,80}\Z")
 MAX_EXPORT_LINES = 5_000_000
 
 

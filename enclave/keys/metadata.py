@@ -25,7 +25,7 @@ from typing import Any
 from enclave.keys.entropy import EntropyKind
 from enclave.keys.errors import KeyMetadataError, KeyStateError
 
-KEY_ID_PATTERN = re.compile(r"^key_[0-9a-f]{32}$")
+KEY_ID_PATTERN = re.compile(r"^key_[0-9a-f]{32}\Z")  # \Z: "$" would let a final newline by
 MASTER_KEY_REF = "master"
 WRAP_MECHANISM = "CKM_AES_KEY_WRAP_PAD"
 DELETION_WINDOW_MIN = timedelta(days=7)

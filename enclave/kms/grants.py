@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from enclave.auth.access import ANY_KEY, Grant
-from enclave.auth.principals import Level, Principal
+from enclave.auth.principals import PRINCIPAL_ID_PATTERN, Level, Principal
 from enclave.keys.metadata import KEY_ID_PATTERN
 from enclave.kms import persist
 from enclave.kms.errors import InvalidRequest, NotFound, StoredStateInvalid
@@ -109,8 +109,7 @@ class GrantService:
         """Give ``principal_id`` ``level`` on ``key_id`` (or on every key: ``*``)."""
 
         def validate(note: AuditNote) -> None:
-            if key_id != ANY_KEY and not KEY_ID_PATTERN.match(str(key_id)):
-                raise InvalidRequest("key_id is a key id or '*'")
+            _check_grant_key(key_id)
             try:
                 Level(level)
             except ValueError:
@@ -129,11 +128,16 @@ class GrantService:
         )  # fmt: skip
 
     async def revoke(self, caller: Principal, principal_id: str, key_id: str) -> bool:
+        def validate(note: AuditNote) -> None:
+            if not PRINCIPAL_ID_PATTERN.fullmatch(str(principal_id)):
+                raise InvalidRequest("a principal id is prn_ followed by 24 hex digits")
+            _check_grant_key(key_id)
+
         async def body(note: AuditNote) -> bool:
             return self._grants.delete(principal_id, key_id)
 
         return await self._guard.run(
-            "grants.revoke", caller, body,
+            "grants.revoke", caller, body, validate=validate,
             details={"principal_id": principal_id, "grant_key_id": key_id},
         )  # fmt: skip
 
@@ -142,3 +146,9 @@ class GrantService:
             return self._grants.grants_on(key_id)
 
         return await self._guard.run("grants.list", caller, body, key_id=key_id)
+
+
+def _check_grant_key(key_id: object) -> None:
+    """A grant is on one key or on every key (``*``)."""
+    if key_id != ANY_KEY and not KEY_ID_PATTERN.fullmatch(str(key_id)):
+        raise InvalidRequest("key_id is a key id or '*'")

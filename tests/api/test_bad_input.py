@@ -168,6 +168,21 @@ async def test_unknown_key_and_route(api: Api) -> None:
     await _expect(api, 404, "not-found", "GET", "/v1/keys/key_" + "0" * 32 + "/nothing")
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [("DELETE", "/v1/grants/not-a-principal/*", None),
+     ("DELETE", "/v1/grants/prn_" + "0" * 24 + "/not-a-key", None),
+     ("POST", "/v1/keys/not-a-key/release-challenge", {}),
+     ("GET", "/v1/keys/key_" + "0" * 32 + "%0A", None)],
+    ids=["revoke-principal", "revoke-key", "release-challenge", "final-newline"],
+)  # fmt: skip
+async def test_a_malformed_id_in_the_path_is_400(
+    api: Api, method: str, path: str, body: object
+) -> None:
+    # The first three were answered 200 (nothing revoked; a challenge issued).
+    await _expect(api, 400, "invalid-request", method, path, body)
+
+
 @pytest.mark.parametrize("odd", ["%00", "x" * 600], ids=["nul", "too-long"])
 @pytest.mark.parametrize(
     ("method", "template"),
