@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,6 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtensionOID, NameOID
 
+from verifier._internal import der
 from verifier._internal.x509 import (
     Certificate,
     ChainVerifier,
@@ -130,6 +132,79 @@ def test_corrupt_crl_base64_is_malformed_certificate() -> None:
         RevocationList.from_bytes(pem)
     with pytest.raises(MalformedCertificate):
         RevocationList.from_bytes(b"-----BEGIN X509 CRL-----\nA\n-----END X509 CRL-----\n")
+
+
+# --- the unsigned outer signatureAlgorithm ---------------------------------------------
+
+VIRTEE_VCEK = VECTORS / "sev-snp" / "virtee_milan_v2_vcek.der"
+VIRTEE_REPORT = VECTORS / "sev-snp" / "virtee_milan_v2_report.hex"
+SHA384_OID = bytes.fromhex("0609608648016503040202")
+SHA256_OID = bytes.fromhex("0609608648016503040201")
+
+
+def with_outer_algorithm(signed: bytes, edit: Callable[[bytes], bytes]) -> bytes:
+    """The certificate or CRL with its outer (unsigned) AlgorithmIdentifier edited."""
+    tbs, algorithm, signature = der.read_single(signed).children()
+    return der.encode_tlv(
+        der.TAG_SEQUENCE, tbs.encoded + edit(algorithm.encoded) + signature.encoded
+    )
+
+
+def _mgf1_sha256(algorithm: bytes) -> bytes:
+    # RSASSA-PSS params: [0] hash, [1] MGF1 with its hash, [2] salt, [3] trailer. Only the
+    # second SHA-384 OID (the MGF1 hash) is swapped.
+    first = algorithm.index(SHA384_OID) + len(SHA384_OID)
+    return algorithm[:first] + algorithm[first:].replace(SHA384_OID, SHA256_OID, 1)
+
+
+def _without_trailer(algorithm: bytes) -> bytes:
+    assert algorithm.endswith(bytes.fromhex("a303020101"))
+    params = der.read_single(algorithm).children()
+    inner = der.read_single(params[1].encoded).children()
+    pss = der.encode_tlv(der.TAG_SEQUENCE, b"".join(p.encoded for p in inner[:-1]))
+    return der.encode_tlv(der.TAG_SEQUENCE, params[0].encoded + pss)
+
+
+def _hash_tag_as_set(algorithm: bytes) -> bytes:
+    at = algorithm.index(bytes.fromhex("a00f30")) + 2
+    return algorithm[:at] + b"\x31" + algorithm[at + 1 :]
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        pytest.param(_mgf1_sha256, id="pss-mgf1-hash-changed"),
+        pytest.param(_without_trailer, id="pss-trailer-dropped"),
+        pytest.param(_hash_tag_as_set, id="pss-hash-identifier-retagged"),
+    ],
+)
+def test_outer_signature_algorithm_must_equal_the_signed_one(
+    edit: Callable[[bytes], bytes],
+) -> None:
+    # RFC 5280 4.1.1.2. The AMD VCEK is RSASSA-PSS signed: its outer AlgorithmIdentifier
+    # once compared equal to the TBS one after parsing only hash and salt, so an edited
+    # copy of a genuine VCEK (same TBS, same signature) was accepted.
+    vcek = VIRTEE_VCEK.read_bytes()
+    edited = with_outer_algorithm(vcek, edit)
+    assert edited != vcek
+    with pytest.raises(MalformedCertificate, match="signature algorithm differs"):
+        Certificate.from_der(edited)
+    with pytest.raises(MalformedCertificate):
+        Verifier(TrustRoots.production()).verify(
+            "sev-snp", VIRTEE_REPORT.read_bytes(), certs=[edited], at=NOW
+        )
+
+
+def test_crl_outer_signature_algorithm_must_equal_the_signed_one() -> None:
+    crl = (VECTORS / "tdx" / "gotdx_root_ca_crl.der").read_bytes()
+    RevocationList.from_bytes(crl)
+
+    def with_null_parameters(algorithm: bytes) -> bytes:
+        oid = der.read_single(algorithm).children()[0]
+        return der.encode_tlv(der.TAG_SEQUENCE, oid.encoded + b"\x05\x00")
+
+    with pytest.raises(MalformedCertificate, match="signature algorithm differs"):
+        RevocationList.from_bytes(with_outer_algorithm(crl, with_null_parameters))
 
 
 # --- malformed basicConstraints ---------------------------------------------------------

@@ -183,10 +183,12 @@ class Certificate:
         if tbs[0].tag == 0xA0:
             index = 1
         serial = der.decode_integer(tbs[index])
-        inner_alg = SignatureAlgorithm.from_element(tbs[index + 1])
-        outer_alg = SignatureAlgorithm.from_element(alg_el)
-        if inner_alg != outer_alg:
+        # RFC 5280 4.1.1.2: the unsigned outer signatureAlgorithm MUST be the same
+        # AlgorithmIdentifier as the signed one in the TBS; compared byte for byte, so no
+        # parameter the parser skips (PSS mask generation, trailer) can be altered.
+        if tbs[index + 1].encoded != alg_el.encoded:
             raise der.DerError("signature algorithm differs inside and outside the TBS")
+        outer_alg = SignatureAlgorithm.from_element(alg_el)
         issuer = der.expect(tbs[index + 2], der.TAG_SEQUENCE, "issuer").encoded
         validity = der.expect(tbs[index + 3], der.TAG_SEQUENCE, "validity").children()
         not_before = der.decode_time(validity[0])
@@ -338,6 +340,9 @@ class RevocationList:
             tbs_el, alg_el, sig_el = outer
             tbs = tbs_el.children()
             index = 1 if tbs[0].tag == der.TAG_INTEGER else 0
+            # RFC 5280 5.1.1.2: the outer signatureAlgorithm equals the signed one.
+            if tbs[index].encoded != alg_el.encoded:
+                raise der.DerError("signature algorithm differs inside and outside the TBS")
             issuer = der.expect(tbs[index + 1], der.TAG_SEQUENCE, "issuer").encoded
             this_update = der.decode_time(tbs[index + 2])
             next_update: datetime | None = None
