@@ -269,10 +269,13 @@ class Certificate:
 
 
 def name_common_name(name_der: bytes) -> str:
+    """The first commonName in a DER Name, or "?" when there is none or the Name is malformed."""
     try:
         for rdn in der.read_single(name_der).children():
             for attribute in rdn.children():
-                parts = attribute.children()
+                parts = attribute.children()  # AttributeTypeAndValue: type, value
+                if len(parts) != 2:
+                    raise der.DerError("an attribute must be a type and a value")
                 if der.decode_oid(parts[0]) == OID_COMMON_NAME:
                     return parts[1].content.decode("utf-8", errors="replace")
     except der.DerError:
