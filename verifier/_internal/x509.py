@@ -124,6 +124,10 @@ def verify_signature(
                 raise InvalidSignature
             hash_cls = _HASHES[algorithm.hash_oid]
             salt = algorithm.pss_salt_length if algorithm.pss_salt_length is not None else 20
+            if not 0 <= salt <= public_key.key_size // 8:
+                # No signature has a salt longer than the modulus (RFC 8017 9.1.1), and
+                # cryptography raises OverflowError past a C integer.
+                raise InvalidSignature
             public_key.verify(
                 signature, data, padding.PSS(padding.MGF1(hash_cls()), salt), hash_cls()
             )
