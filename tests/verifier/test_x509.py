@@ -18,6 +18,7 @@ from cryptography.x509.oid import ExtensionOID, NameOID
 
 from verifier._internal import der
 from verifier._internal.x509 import (
+    MAX_CHAIN_LENGTH,
     Certificate,
     ChainVerifier,
     RevocationList,
@@ -382,6 +383,33 @@ def test_evidence_accepted_by_one_verifier_says_nothing_for_another(case: Case) 
     theirs = impostor.chains.attachment(case.platform, _never)
     assert mine is not theirs
     assert type(mine) is type(theirs)
+
+
+def _chain(length: int) -> list[Issued]:
+    """``length`` certificates, root first, each issued by the one before."""
+    chain = [issue("Root")]
+    while len(chain) < length:
+        chain.append(issue(f"CA {len(chain)}", issuer=chain[-1], ca=len(chain) < length - 1))
+    return chain
+
+
+def test_chain_of_the_longest_allowed_length_is_accepted() -> None:
+    chain = _chain(MAX_CHAIN_LENGTH)
+    path = ChainVerifier().verify_chain(
+        chain[-1].cert, [c.cert for c in chain[1:-1]], [chain[0].cert], NOW
+    )
+    assert len(path) == MAX_CHAIN_LENGTH
+
+
+def test_longer_chain_is_refused_before_its_signatures_are_walked() -> None:
+    # The walk once followed any number of certificates the caller sent (16 files of
+    # thousands each for SEV-SNP), checking a signature and scanning the pool per link:
+    # about 12 s for 8000 certificates. It now stops at MAX_CHAIN_LENGTH.
+    chain = _chain(MAX_CHAIN_LENGTH + 1)
+    chains = ChainVerifier()
+    with pytest.raises(BadCertificateChain, match="too long"):
+        chains.verify_chain(chain[-1].cert, [c.cert for c in chain[1:-1]], [chain[0].cert], NOW)
+    assert len(chains._links) <= MAX_CHAIN_LENGTH
 
 
 def _never() -> object:

@@ -77,6 +77,10 @@ _PEM_BLOCK = re.compile(
     rb"-----BEGIN (?P<label>[A-Z0-9 ]+)-----(?P<body>[A-Za-z0-9+/=\s]+)-----END (?P=label)-----"
 )
 MAX_CERTIFICATE_BYTES = 64 * 1024
+# Certificates on a path from leaf to anchor, both included. Real chains have 3 (AMD, Intel)
+# to 5 (AWS Nitro; its cabundle holds at most 8). The bound keeps the walk (a signature check
+# and a scan of the pool per link) small whatever number of certificates a caller sends.
+MAX_CHAIN_LENGTH = 10
 T = TypeVar("T")
 
 
@@ -449,7 +453,7 @@ class ChainVerifier:
         pool = [c for c in intermediates if c.fingerprint != leaf.fingerprint]
         anchor_by_fp = {a.fingerprint: a for a in anchors}
         current = leaf
-        for _ in range(len(pool) + 2):
+        for _ in range(min(len(pool) + 2, MAX_CHAIN_LENGTH)):
             if current.fingerprint in anchor_by_fp:
                 break
             issuer = self._find_issuer(current, pool, anchors)
