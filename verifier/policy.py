@@ -59,6 +59,8 @@ class Policy:
             document = json.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
             raise InvalidPolicy(f"policy is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise InvalidPolicy("policy JSON is nested too deeply") from None
         return cls.from_mapping(document)
 
     @classmethod

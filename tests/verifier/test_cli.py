@@ -339,8 +339,17 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
         json.dumps({"unknown_field": 1}),
         json.dumps({"platform": "sgx"}),
         json.dumps({"measurements": [{"name": "x", "value": "zz"}]}),
+        '{"a":' * 5000 + "1" + "}" * 5000,  # once RecursionError out of Policy.from_json
     ],
-    ids=["not-json", "not-object", "wrong-type", "unknown-field", "bad-platform", "bad-hex"],
+    ids=[
+        "not-json",
+        "not-object",
+        "wrong-type",
+        "unknown-field",
+        "bad-platform",
+        "bad-hex",
+        "nested-too-deep",
+    ],
 )
 def test_bad_policy_file_exits_2(tmp_path: Path, document: str) -> None:
     path = tmp_path / "policy.json"
