@@ -247,7 +247,7 @@ def _jwks_keys(jwks: Mapping[str, Any] | str | bytes) -> list[Mapping[str, Any]]
     if isinstance(jwks, str | bytes):
         try:
             jwks = json.loads(jwks)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise InvalidResultToken("JWKS is not valid JSON") from None
     if not isinstance(jwks, Mapping) or not isinstance(jwks.get("keys"), list):
         raise InvalidResultToken("JWKS must be an object with a 'keys' list")

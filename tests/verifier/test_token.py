@@ -221,8 +221,15 @@ def test_non_affirming_or_incomplete_tokens_are_refused(issuer: TokenIssuer) -> 
 
 @pytest.mark.parametrize(
     "jwks",
-    ["not json", b"\xff", {"keys": "nope"}, [], {"keys": [{"kid": "x", "kty": "RSA"}]}],
-    ids=["text", "bytes", "keys-not-list", "list", "foreign-key"],
+    [
+        "not json",
+        b"\xff",
+        {"keys": "nope"},
+        [],
+        {"keys": [{"kid": "x", "kty": "RSA"}]},
+        '{"keys": [' + '{"a":' * 5000 + "1" + "}" * 5000 + "]}",  # once RecursionError
+    ],
+    ids=["text", "bytes", "keys-not-list", "list", "foreign-key", "nested-too-deep"],
 )
 def test_malformed_jwks(issuer: TokenIssuer, jwks: Any) -> None:
     with pytest.raises(InvalidResultToken):
