@@ -97,7 +97,7 @@ def _str(value: object, name: str) -> str:
 
 
 def _millis(value: object, name: str) -> int:
-    if not isinstance(value, str) or not value.isdigit() or len(value) > 19:
+    if not isinstance(value, str) or not (value.isascii() and value.isdigit()) or len(value) > 19:
         raise FormatError(f"{name} must be a decimal string of milliseconds")
     return int(value)
 

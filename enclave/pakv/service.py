@@ -601,7 +601,8 @@ def _cache_headers(now: datetime, max_age: int) -> tuple[tuple[str, str], ...]:
 
 
 def _max_age(raw: str | None) -> int | None:
-    if raw is None or not raw.isdigit() or len(raw) > 12:
+    # isdigit() alone accepts superscript and circled digits, which int() refuses.
+    if raw is None or not (raw.isascii() and raw.isdigit()) or len(raw) > 12:
         return None
     value = int(raw)
     return value if 0 < value <= MAX_MAX_AGE_SECONDS else None
