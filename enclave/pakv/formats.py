@@ -113,7 +113,7 @@ def _parse_json(body: bytes | str, limit: int) -> Any:
         raise FormatError(f"document is larger than {limit} bytes")
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise FormatError("document is not JSON") from None
 
 

@@ -623,7 +623,7 @@ def _session_request(
 ) -> tuple[Any, bytes, tuple[bytes, ...], tuple[bytes, ...], bytes, bytes]:
     try:
         doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise BadRequest("the body is not JSON") from None
     known = {"platform", "evidence", "certs", "collateral", "publicKey", "challenge"}
     if not isinstance(doc, dict) or set(doc) - known:

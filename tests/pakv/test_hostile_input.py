@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from enclave.pakv.formats import EncryptionKey, FormatError
+from enclave.pakv.formats import EncryptionKey, FormatError, parse_encryption_keys
 from enclave.pakv.http import create_pakv_app
 from tests.pakv.conftest import Identity
 from tests.pakv.helpers import Recorder, make_service, real_now_clock
@@ -47,3 +47,19 @@ def test_millis_in_non_ascii_digits_is_a_format_error() -> None:
     }
     with pytest.raises(FormatError):
         EncryptionKey.from_json(document)
+
+
+NESTED = b"[" * 100_000 + b"]" * 100_000  # under the size limit, deeper than json's recursion
+
+
+async def test_session_body_nested_too_deep_is_400(setup) -> None:  # type: ignore[no-untyped-def]
+    client, _, audit = setup
+    response = await client.post("/v1alpha/attestation:session", data=NESTED)
+    assert response.status == 400
+    assert response.headers["Content-Type"] == PROBLEM
+    assert [(r["operation"], r["outcome"]) for r in audit.records] == [("pakv.attest", "invalid")]
+
+
+def test_a_key_list_nested_too_deep_is_a_format_error() -> None:
+    with pytest.raises(FormatError):
+        parse_encryption_keys(b'{"keys":' + NESTED + b"}")
