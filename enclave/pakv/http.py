@@ -19,7 +19,7 @@ from enclave.pakv.formats import (
     SIGNED_PUBLIC_KEYS_PATH,
 )
 from enclave.pakv.service import PakvRequest, PakvService
-from enclave.problems import NotReady, problem_middleware
+from enclave.problems import BadRequest, NotReady, problem_middleware
 
 PAKV_SERVICE = web.AppKey("pakv_service", PakvService)
 
@@ -42,10 +42,7 @@ def pakv_routes(service: PakvService | None = None) -> list[web.RouteDef]:
 
 
 async def _answer(service: PakvService, request: web.Request) -> web.StreamResponse:
-    limit = service.config.max_request_bytes
-    body = b""
-    if request.can_read_body:
-        body = await request.content.read(limit + 1)
+    body = await _read_body(request, service.config.max_request_bytes)
     answer = await service.handle(
         PakvRequest(
             method=request.method,
@@ -60,6 +57,22 @@ async def _answer(service: PakvService, request: web.Request) -> web.StreamRespo
     for name, value in answer.all_headers():
         response.headers[name] = value
     return response
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    """The whole body, or its first ``limit + 1`` bytes when it is longer (the service then
+    answers 413). ``read(n)`` returns what has arrived so far, so it is called until the end;
+    a body that cannot be decoded (a bad ``Content-Encoding``) is the client's error."""
+    body = bytearray()
+    try:
+        while len(body) <= limit:
+            chunk = await request.content.read(limit + 1 - len(body))
+            if not chunk:
+                break
+            body += chunk
+    except web.RequestPayloadError:
+        raise BadRequest("the request body cannot be read as sent") from None
+    return bytes(body)
 
 
 def add_pakv_routes(app: web.Application, service: PakvService | None = None) -> None:

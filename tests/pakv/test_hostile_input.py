@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+
 import pytest
 
 from enclave.pakv.formats import EncryptionKey, FormatError, parse_encryption_keys
@@ -63,3 +66,36 @@ async def test_session_body_nested_too_deep_is_400(setup) -> None:  # type: igno
 def test_a_key_list_nested_too_deep_is_a_format_error() -> None:
     with pytest.raises(FormatError):
         parse_encryption_keys(b'{"keys":' + NESTED + b"}")
+
+
+async def _pieces(*parts: bytes) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+        await asyncio.sleep(0.05)  # each piece arrives on its own
+
+
+async def test_a_body_in_pieces_is_read_whole(setup) -> None:  # type: ignore[no-untyped-def]
+    client, _, _ = setup
+    response = await client.post(
+        "/v1alpha/attestation:session", data=_pieces(b'{"platform":', b'"none"}')
+    )
+    problem = await response.json(content_type=PROBLEM)
+    assert response.status == 400
+    assert problem["detail"].startswith("platform is one of")  # not "the body is not JSON"
+
+
+async def test_a_body_over_the_limit_in_pieces_is_413(setup) -> None:  # type: ignore[no-untyped-def]
+    client, service, _ = setup
+    piece = b" " * (service.config.max_request_bytes // 4)
+    response = await client.post("/v1alpha/attestation:session", data=_pieces(*[piece] * 5))
+    assert response.status == 413
+    assert response.headers["Content-Type"] == PROBLEM
+
+
+async def test_a_body_that_does_not_decode_is_400(setup) -> None:  # type: ignore[no-untyped-def]
+    client, _, _ = setup
+    response = await client.post(
+        "/v1alpha/attestation:session", data=b"{}", headers={"Content-Encoding": "gzip"}
+    )
+    assert response.status == 400
+    assert response.headers["Content-Type"] == PROBLEM
