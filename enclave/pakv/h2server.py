@@ -117,6 +117,11 @@ class _Config(Config):
 class H2Limits:
     max_concurrent_streams: int = 100
     keep_alive_timeout: float = 30.0
+    # A connection that sends nothing for this long is closed, whatever state it is in:
+    # hypercorn's keep-alive timeout only runs while no stream is open, and not at all on
+    # an h2c connection that has not finished a request, so a half-sent preface, header
+    # block or body would otherwise hold its socket for ever.
+    read_timeout: int = 30  # seconds (hypercorn takes whole seconds here)
     graceful_timeout: float = 3.0
     max_app_queue_size: int = 10
 
@@ -160,6 +165,7 @@ class H2Server:
         config.alpn_protocols = ["h2", "http/1.1"]
         config.h2_max_concurrent_streams = self._limits.max_concurrent_streams
         config.keep_alive_timeout = self._limits.keep_alive_timeout
+        config.read_timeout = self._limits.read_timeout
         config.graceful_timeout = self._limits.graceful_timeout
         config.max_app_queue_size = self._limits.max_app_queue_size
         config.include_date_header = False  # the service sets Date from its own clock

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from enclave.pakv.formats import EncryptionKey, FormatError, parse_encryption_keys
+from enclave.pakv.h2server import H2Limits, H2Server
 from enclave.pakv.http import create_pakv_app
 from tests.pakv.conftest import Identity
 from tests.pakv.helpers import Recorder, make_service, real_now_clock
@@ -99,3 +100,39 @@ async def test_a_body_that_does_not_decode_is_400(setup) -> None:  # type: ignor
     )
     assert response.status == 400
     assert response.headers["Content-Type"] == PROBLEM
+
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+# HEADERS on stream 1, END_HEADERS without END_STREAM (a body is to follow), HPACK:
+# :method POST, :scheme http, :path /, :authority x (indexed and literal fields).
+OPEN_STREAM = b"\x00\x00\x07\x01\x04\x00\x00\x00\x01" + b"\x83\x86\x84\x41\x01x"
+
+
+async def _closed_within(port: int, sent: bytes, seconds: float) -> bool:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(sent)
+        await writer.drain()
+        async with asyncio.timeout(seconds):
+            while await reader.read(65536):
+                pass
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [PREFACE[:10], PREFACE, PREFACE + EMPTY_SETTINGS, PREFACE + EMPTY_SETTINGS + OPEN_STREAM],
+    ids=["half-preface", "preface", "idle", "body-pending"],
+)
+async def test_h2c_connection_left_half_open_is_closed(
+    sim_verifier: Verifier, identity: Identity, sent: bytes
+) -> None:
+    service, _ = make_service(sim_verifier, identity, Recorder(), real_now_clock())
+    limits = H2Limits(keep_alive_timeout=1.0, read_timeout=1)
+    async with H2Server(service, limits=limits) as server:
+        assert await _closed_within(server.port, sent, 4.0)
