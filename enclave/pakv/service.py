@@ -41,6 +41,7 @@ import json
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.utils import format_datetime
@@ -48,6 +49,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
+from enclave.audit.records import Outcome
 from enclave.kms.release import release_report_data, wrap_for_client
 from enclave.pakv.formats import (
     CHALLENGE_PATH,
@@ -213,6 +215,10 @@ class Session:
         return f"pakv-server:{self.claims.platform}:{self.claims.measurement.hex()[:32]}"
 
 
+# Whether the request being answered has an audit record yet (one context per request:
+# an aiohttp handler or an ASGI stream task).
+_AUDITED: ContextVar[bool] = ContextVar("pakv_request_audited", default=False)
+
 NO_RELEASE_POLICY = "no K/V release policy is configured: no server may fetch private keys"
 
 
@@ -264,15 +270,23 @@ class PakvService:
     async def _handle(self, request: PakvRequest) -> Answer:
         now = self._clock()
         date = http_date(now)
+        _AUDITED.set(False)
         try:
             if len(request.body) > self.config.max_request_bytes:
                 raise PayloadTooLarge(f"at most {self.config.max_request_bytes} bytes")
             answer = await self._route(request, now)
+        except AuditFailed as exc:
+            return problem_answer(exc, request.path, date)  # nothing could be recorded
         except ProblemError as exc:
-            return problem_answer(exc, request.path, date)
+            answer = problem_answer(exc, request.path, date)
         except Exception:
             log.exception("unhandled error answering %s %s", request.method, request.path)
-            return problem_answer(ProblemError(), request.path, date)
+            answer = problem_answer(ProblemError(), request.path, date)
+        if not _AUDITED.get():
+            try:
+                await self._record_unaudited(request, answer.status)
+            except AuditFailed as exc:
+                return problem_answer(exc, request.path, date)
         if not any(name.lower() == "date" for name, _ in answer.headers):
             answer = Answer(
                 answer.status, answer.body, answer.content_type, (*answer.headers, ("Date", date))
@@ -562,6 +576,19 @@ class PakvService:
         )
 
     # -- audit ---------------------------------------------------------------------------
+    async def _record_unaudited(self, request: PakvRequest, status: int) -> None:
+        """The record of a request no handler recorded: the challenge, and refusals made
+        before a handler ran (unknown path, wrong method, too large, too many, not ready,
+        a crash). The HTTP/2 front end has no audit middleware, so this is its only one."""
+        operation = "pakv.challenge" if request.path == CHALLENGE_PATH else "pakv.request"
+        await self._record(
+            "anonymous",
+            operation,
+            _outcome(status),
+            status=status,
+            details={"method": request.method[:16], "path": request.path[:256]},
+        )
+
     async def _record(
         self,
         principal: str,
@@ -572,6 +599,7 @@ class PakvService:
         status: int | None = None,
         details: dict[str, Any] | None = None,
     ) -> None:
+        _AUDITED.set(True)
         try:
             await self._audit(
                 principal=principal,
@@ -590,6 +618,14 @@ class PakvService:
         except Exception as exc:
             log.error("audit record failed for %s: %s", operation, type(exc).__name__)
             raise AuditFailed() from None
+
+
+def _outcome(status: int) -> Outcome:
+    if status < 400:
+        return "allowed"
+    if status in (401, 403):
+        return "denied"
+    return "invalid" if status < 500 else "error"
 
 
 def http_date(now: datetime) -> str:

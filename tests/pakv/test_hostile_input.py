@@ -10,6 +10,7 @@ import pytest
 from enclave.pakv.formats import EncryptionKey, FormatError, parse_encryption_keys
 from enclave.pakv.h2server import H2Limits, H2Server
 from enclave.pakv.http import create_pakv_app
+from enclave.pakv.service import PakvRequest
 from tests.pakv.conftest import Identity
 from tests.pakv.helpers import Recorder, make_service, real_now_clock
 from verifier.verify import Verifier
@@ -136,3 +137,36 @@ async def test_h2c_connection_left_half_open_is_closed(
     limits = H2Limits(keep_alive_timeout=1.0, read_timeout=1)
     async with H2Server(service, limits=limits) as server:
         assert await _closed_within(server.port, sent, 4.0)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "operation", "outcome"),
+    [
+        ("DELETE", "/v1alpha/publicKeys", b"", 405, "pakv.request", "invalid"),
+        ("GET", "/v1alpha/nothing", b"", 404, "pakv.request", "invalid"),
+        ("GET", "/v1alpha/../etc/passwd", b"", 404, "pakv.request", "invalid"),
+        ("POST", "/v1alpha/attestation:session", b" " * (512 * 1024 + 1), 413, "pakv.request",
+         "invalid"),
+        ("POST", "/v1alpha/attestation:challenge", b"", 200, "pakv.challenge", "allowed"),
+        ("GET", "/v1alpha/encryptionKeys/zz", b"", 400, "pakv.keys.get", "invalid"),
+    ],
+)  # fmt: skip
+async def test_every_answer_of_the_h2_front_end_is_audited_once(
+    sim_verifier: Verifier,
+    identity: Identity,
+    method: str,
+    path: str,
+    body: bytes,
+    status: int,
+    operation: str,
+    outcome: str,
+) -> None:
+    """What the service answers is all the HTTP/2 front end answers: it has no audit
+    middleware, so refusals made before a handler ran must be recorded by the service."""
+    audit = Recorder()
+    service, _ = make_service(sim_verifier, identity, audit, real_now_clock())
+    answer = await service.handle(PakvRequest(method, path, body=body, transport="http/2"))
+    assert answer.status == status
+    assert [(r["operation"], r["outcome"], r["status"]) for r in audit.records] == [
+        (operation, outcome, status)
+    ]
