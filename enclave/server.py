@@ -61,6 +61,7 @@ from enclave.fastpath.site import FastPathSite
 from enclave.hsm.errors import HsmError
 from enclave.sealing.errors import SealingError
 from enclave.storage.errors import StorageError
+from enclave.unhandled import log_unhandled
 
 log = logging.getLogger("enclave.server")
 
@@ -141,6 +142,7 @@ async def serve(
     serves every request; the answers are the same, the CPU per request is not)."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(log_unhandled)
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
