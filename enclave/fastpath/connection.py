@@ -17,6 +17,9 @@ the start of that request, so aiohttp sees a stream that simply starts there.
 Like aiohttp (``handler_cancellation`` off), a request being answered is not cancelled when
 the client goes away: its audit record and effects complete, only the answer is dropped.
 Idle keep-alive connections are closed after ``keepalive_seconds`` (aiohttp's default).
+A request must arrive whole (head and declared body) within ``request_read_seconds`` of its
+first byte reaching the buffer, or it is answered 408 and the connection closed: a client
+that sends a head or body slowly, or never finishes it, holds a connection that long only.
 
 Must never: answer a request out of order, frame a request differently from aiohttp (when
 in doubt it hands over), or put a header value or body in a log.
@@ -44,6 +47,8 @@ log = logging.getLogger("enclave.fastpath")
 
 # aiohttp's RequestHandler default: an idle keep-alive connection is closed after this.
 KEEPALIVE_SECONDS = 3630.0
+# From the first byte of a request to its last: a slower client is answered 408 and closed.
+REQUEST_READ_SECONDS = 30.0
 _HEAD_END = b"\r\n\r\n"
 _SERVER = f"Server: {SERVER_SOFTWARE}\r\n".encode()
 
@@ -74,6 +79,7 @@ class ConnectionSet:
         self.date = HttpDate()
         self.heads = HeadParser()
         self.keepalive_seconds = KEEPALIVE_SECONDS
+        self.request_read_seconds = REQUEST_READ_SECONDS
         self.live: set[FastPathConnection] = set()
         self.served = 0  # requests answered on the fast path (tests, diagnostics)
         self.delegated = 0  # requests answered by aiohttp, the connection kept
@@ -106,6 +112,7 @@ class FastPathConnection(asyncio.Protocol):
         self._writing_paused = False
         self._last_active = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._read_timer: asyncio.TimerHandle | None = None  # a request is half received
 
     # -- asyncio.Protocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -157,6 +164,8 @@ class FastPathConnection(asyncio.Protocol):
         if end < 0:
             if len(buffer) >= MAX_HEAD_BYTES + len(_HEAD_END):
                 self._hand_over()
+            else:
+                self._await_rest()
             return
         head = self._connections.heads.parse(bytes(buffer[:end]))
         if head is None or head.content_length > self._routes.body_limit:
@@ -165,7 +174,9 @@ class FastPathConnection(asyncio.Protocol):
         start = end + len(_HEAD_END)
         stop = start + head.content_length
         if len(buffer) < stop:
-            return  # the body is still arriving
+            self._await_rest()  # the body is still arriving
+            return
+        self._cancel_read_timer()
         loop = asyncio.get_running_loop()
         self._last_active = loop.time()
         route = self._routes.by_target.get(head.target)
@@ -273,6 +284,34 @@ class FastPathConnection(asyncio.Protocol):
         if data:
             protocol.data_received(data)
 
+    def _await_rest(self) -> None:
+        """Part of a request is buffered: it must be whole within ``request_read_seconds``."""
+        if self._read_timer is None:
+            self._read_timer = asyncio.get_running_loop().call_later(
+                self._connections.request_read_seconds, self._request_read_timed_out
+            )
+
+    def _cancel_read_timer(self) -> None:
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
+
+    def _request_read_timed_out(self) -> None:
+        self._read_timer = None
+        transport = self._transport
+        if transport is None or transport.is_closing() or self.in_flight is not None:
+            return
+        log.info("a request was not received within %.1f s: closing its connection",
+                 self._connections.request_read_seconds)  # fmt: skip
+        self._buffer.clear()
+        if self._writing_paused:  # it does not read either: nothing more is sent to it
+            transport.abort()
+            return
+        timeout = problem_response(408, "request-timeout", "Request Timeout",
+                                   "the request was not received in time")  # fmt: skip
+        transport.write(_encode(timeout, True, self._connections.date))
+        transport.close()
+
     def _check_idle(self) -> None:
         self._idle_timer = None
         transport = self._transport
@@ -294,6 +333,7 @@ class FastPathConnection(asyncio.Protocol):
 
     def _detach(self) -> None:
         self._connections.live.discard(self)
+        self._cancel_read_timer()
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None

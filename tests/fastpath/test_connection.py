@@ -335,6 +335,46 @@ async def test_an_idle_connection_is_closed_after_the_keepalive(running: Running
     writer.close()
 
 
+@pytest.mark.parametrize("sent", [b"POST /fast HTT", request("/fast", b'{"key": 1}')[:-3]])
+async def test_a_request_not_received_in_time_is_answered_408_and_closed(
+    running: Running, sent: bytes
+) -> None:
+    assert running.server.site is not None
+    running.server.site.connections.request_read_seconds = 0.2
+    reader, writer = await running.open()
+    writer.write(request("/fast"))
+    assert (await read_answer(reader)).status == 200
+
+    async def trickle() -> None:  # for longer than allowed: every byte is not enough
+        for start in range(len(sent)):
+            writer.write(sent[start : start + 1])
+            await asyncio.sleep(0.4 / len(sent))
+
+    trickling = asyncio.create_task(trickle())
+    answer = await read_answer(reader)
+    trickling.cancel()
+    assert answer.status == 408 and answer.headers["connection"] == "close"
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    assert running.served.count == 1
+    writer.close()
+
+
+async def test_a_request_received_whole_in_time_is_not_timed_out(running: Running) -> None:
+    assert running.server.site is not None
+    running.server.site.connections.request_read_seconds = 0.3
+    reader, writer = await running.open()
+    whole = request("/fast")
+    writer.write(whole[:5])
+    await asyncio.sleep(0.15)
+    writer.write(whole[5:])
+    assert (await read_answer(reader)).status == 200
+    await asyncio.sleep(0.3)  # the timer of the answered request is gone
+    writer.write(request("/fast"))
+    assert (await read_answer(reader)).status == 200
+    writer.close()
+
+
 async def test_stopping_lets_a_request_in_flight_finish(running: Running) -> None:
     reader, writer = await running.open()
     writer.write(request("/wait"))
