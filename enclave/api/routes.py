@@ -52,6 +52,7 @@ POST     /v1/verify                                keys.verify                  
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -138,13 +139,22 @@ FAST_PATH_ROUTES = (
 api = ApiRoutes()
 
 
+# From a handler's first read of a body to its last byte (the fast path's own framing
+# holds a request to the same bound: ``enclave.fastpath.connection``).
+BODY_READ_SECONDS = 30.0
+
+
 # -- plumbing -----------------------------------------------------------------------------------
 def _state(request: web.Request) -> ApiState:
     return request.app[API_STATE]
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The body, at most ``limit`` bytes (413 beyond, before reading it when declared)."""
+async def read_body(
+    request: web.Request, limit: int, *, seconds: float = BODY_READ_SECONDS
+) -> bytes:
+    """The body, at most ``limit`` bytes (413 beyond, before reading it when declared),
+    whole within ``seconds`` (408 after: a body sent slowly or never finished, which only
+    aiohttp lets through, must not hold the connection)."""
     declared = request.content_length
     if declared is not None and declared > limit:
         raise BadInput(f"the body is larger than {limit} bytes", slug="payload-too-large",
@@ -152,15 +162,20 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     content = request.content
-    # ``readany`` directly: ``iter_any`` wraps each chunk in an async iterator step.
-    while chunk := await content.readany():
-        size += len(chunk)
-        if size > limit:
-            raise BadInput(f"the body is larger than {limit} bytes", slug="payload-too-large",
-                           status=413)  # fmt: skip
-        chunks.append(chunk)
-        if size == declared:
-            break  # all of a declared body is here: the next read could only say so
+    try:
+        async with asyncio.timeout(seconds):
+            # ``readany`` directly: ``iter_any`` wraps each chunk in an async iterator step.
+            while chunk := await content.readany():
+                size += len(chunk)
+                if size > limit:
+                    raise BadInput(f"the body is larger than {limit} bytes",
+                                   slug="payload-too-large", status=413)  # fmt: skip
+                chunks.append(chunk)
+                if size == declared:
+                    break  # all of a declared body is here: the next read could only say so
+    except TimeoutError:
+        raise BadInput(f"the body was not received within {seconds:g} s",
+                       slug="request-timeout", status=408) from None  # fmt: skip
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
