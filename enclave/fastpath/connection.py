@@ -111,6 +111,9 @@ class FastPathConnection(asyncio.Protocol):
         self._reading_paused = False
         self._writing_paused = False
         self._last_active = 0.0
+        # The most this connection buffers: one whole request (pipelined ones wait in the
+        # kernel). Reading pauses above it and resumes only once served back under it.
+        self._buffer_limit = connections.routes.body_limit + MAX_HEAD_BYTES + len(_HEAD_END)
         self._idle_timer: asyncio.TimerHandle | None = None
         self._read_timer: asyncio.TimerHandle | None = None  # a request is half received
 
@@ -128,7 +131,7 @@ class FastPathConnection(asyncio.Protocol):
         self._buffer += data
         if self.in_flight is None and not self._writing_paused:
             self._serve_buffered()
-        elif len(self._buffer) > self._routes.body_limit + MAX_HEAD_BYTES:
+        if len(self._buffer) > self._buffer_limit:
             self._pause_reading()
 
     def eof_received(self) -> bool:
@@ -224,11 +227,13 @@ class FastPathConnection(asyncio.Protocol):
         if close:
             transport.close()
             return
-        if self._reading_paused:
-            self._reading_paused = False
-            transport.resume_reading()
         if not self._writing_paused:
             self._serve_buffered()
+        if self._reading_paused and len(self._buffer) <= self._buffer_limit:
+            transport = self._transport  # None once handed over (which resumed reading)
+            if transport is not None and not transport.is_closing():
+                self._reading_paused = False
+                transport.resume_reading()
 
     # -- one request answered by aiohttp -------------------------------------------------
     def _delegate(self, raw: bytes, close: bool) -> None:
@@ -337,6 +342,11 @@ class FastPathConnection(asyncio.Protocol):
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Received bytes not yet served (at most one request's worth past the limit)."""
+        return len(self._buffer)
 
     def close(self) -> None:
         if self._transport is not None:

@@ -16,6 +16,7 @@ import uvloop
 from aiohttp import web
 
 from enclave.fastpath.delegation import FastPathRunner
+from enclave.fastpath.framing import MAX_HEAD_BYTES
 from enclave.fastpath.routes import FastRoutes
 from enclave.fastpath.site import FastPathSite
 from tests.support.fastpath import FastPathTestServer
@@ -373,6 +374,21 @@ async def test_a_request_received_whole_in_time_is_not_timed_out(running: Runnin
     writer.write(request("/fast"))
     assert (await read_answer(reader)).status == 200
     writer.close()
+
+
+@pytest.mark.parametrize("path", ["/fast", "/slow"])  # served here; delegated to aiohttp
+async def test_a_client_that_pipelines_without_reading_is_not_buffered_without_bound(
+    running: Running, path: str
+) -> None:
+    assert running.server.site is not None
+    _reader, writer = await running.open()
+    one = request(path, b'{"key": "' + b"x" * 800 + b'"}')
+    writer.write(one * (8 * 1024 * 1024 // len(one)))  # never read: answers back up
+    await asyncio.sleep(0.5)
+    (connection,) = running.server.site.connections.live
+    # one whole request, plus at most one read the transport had under way when paused
+    assert connection.buffered_bytes <= LIMIT + MAX_HEAD_BYTES + 4 + 256 * 1024
+    writer.transport.abort()
 
 
 async def test_stopping_lets_a_request_in_flight_finish(running: Running) -> None:
