@@ -54,6 +54,7 @@ _STATUS_PROBLEMS: dict[int, tuple[str, str]] = {
     400: ("malformed-request", "The request is malformed"),
     404: ("not-found", "No such resource"),
     405: ("method-not-allowed", "Method not allowed on this resource"),
+    408: ("request-timeout", "The request body was not received in time"),
     413: ("payload-too-large", "The request body is too large"),
     415: ("unsupported-media-type", "The request body must be application/json"),
     500: ("internal-error", "Internal error"),
@@ -77,6 +78,8 @@ class ServerConfig:
     verify_workers: int = 2
     # Verifications queued or running at once; beyond that the endpoint answers 503.
     max_pending_verifications: int = 64
+    # A body sent slowly or never finished is answered 408 after this, not waited for.
+    body_read_seconds: float = 30.0
     clock: Callable[[], datetime] = _utc_now
 
 
@@ -283,7 +286,15 @@ async def attest(request: web.Request) -> web.Response:
         raise RequestProblem(
             "the body must be application/json", status=415, slug="unsupported-media-type"
         )
-    body = await request.read()  # raises 413 past client_max_size, chunked bodies included
+    try:
+        async with asyncio.timeout(config.body_read_seconds):
+            body = await request.read()  # 413 past client_max_size, chunked bodies included
+    except TimeoutError:
+        raise RequestProblem(
+            f"the body was not received within {config.body_read_seconds:g} s",
+            status=408,
+            slug="request-timeout",
+        ) from None
     try:
         document = json.loads(body, object_pairs_hook=_reject_duplicate_keys)
     except RequestProblem:

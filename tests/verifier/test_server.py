@@ -314,6 +314,25 @@ async def test_chunked_body_over_the_cap_is_413(client: Client) -> None:
 
 
 @pytest.mark.parametrize(
+    "sent",
+    [b"Transfer-Encoding: chunked\r\n\r\n5\r\n[1, 2", b"Content-Length: 100\r\n\r\n[1, 2"],
+)
+async def test_a_body_never_finished_is_408_not_waited_for(
+    aiohttp_client: ClientFactory, sent: bytes
+) -> None:
+    client = await aiohttp_client(create_app(config(body_read_seconds=0.2)))
+    assert client.server.host is not None and client.server.port is not None
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(b"POST /v1/attest HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n")
+    writer.write(sent)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 408 ")
+    assert b"application/problem+json" in head
+    writer.close()
+    await assert_healthy(client)
+
+
+@pytest.mark.parametrize(
     "content_type", ["text/plain", "application/x-www-form-urlencoded", "application/xml", None]
 )
 async def test_wrong_content_type_is_415(client: Client, content_type: str | None) -> None:
