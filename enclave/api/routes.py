@@ -57,7 +57,7 @@ import json
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from aiohttp import web
+from aiohttp import StreamReader, web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from enclave.api.auth import API_STATE, ApiRoutes, ApiState, caller_of
@@ -159,23 +159,29 @@ async def read_body(
     if declared is not None and declared > limit:
         raise BadInput(f"the body is larger than {limit} bytes", slug="payload-too-large",
                        status=413)  # fmt: skip
-    chunks: list[bytes] = []
-    size = 0
     content = request.content
+    if content.is_eof():  # all of it has arrived (always, on the fast path): no wait
+        return await _read_all(content, limit, declared)
     try:
         async with asyncio.timeout(seconds):
-            # ``readany`` directly: ``iter_any`` wraps each chunk in an async iterator step.
-            while chunk := await content.readany():
-                size += len(chunk)
-                if size > limit:
-                    raise BadInput(f"the body is larger than {limit} bytes",
-                                   slug="payload-too-large", status=413)  # fmt: skip
-                chunks.append(chunk)
-                if size == declared:
-                    break  # all of a declared body is here: the next read could only say so
+            return await _read_all(content, limit, declared)
     except TimeoutError:
         raise BadInput(f"the body was not received within {seconds:g} s",
                        slug="request-timeout", status=408) from None  # fmt: skip
+
+
+async def _read_all(content: StreamReader, limit: int, declared: int | None) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    # ``readany`` directly: ``iter_any`` wraps each chunk in an async iterator step.
+    while chunk := await content.readany():
+        size += len(chunk)
+        if size > limit:
+            raise BadInput(f"the body is larger than {limit} bytes", slug="payload-too-large",
+                           status=413)  # fmt: skip
+        chunks.append(chunk)
+        if size == declared:
+            break  # all of a declared body is here: the next read could only say so
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 

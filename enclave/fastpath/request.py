@@ -29,6 +29,9 @@ class BodyReader:
     def __init__(self, body: bytes) -> None:
         self._body = body
 
+    def is_eof(self) -> bool:
+        return True  # the whole body is here: no read can wait
+
     async def readany(self) -> bytes:
         body, self._body = self._body, b""
         return body
