@@ -109,6 +109,12 @@ class NotFound(ProblemError):
     title = "No such resource"
 
 
+class RequestTimeout(ProblemError):
+    status = 408
+    slug = "request-timeout"
+    title = "The request was not received in time"
+
+
 class PayloadTooLarge(ProblemError):
     status = 413
     slug = "payload-too-large"

@@ -7,7 +7,9 @@ its ``Answer`` back. No logic lives here, so this front end and the HTTP/2 one
 
 from __future__ import annotations
 
-from aiohttp import web
+import asyncio
+
+from aiohttp import StreamReader, web
 
 from enclave.pakv.formats import (
     CHALLENGE_PATH,
@@ -19,7 +21,7 @@ from enclave.pakv.formats import (
     SIGNED_PUBLIC_KEYS_PATH,
 )
 from enclave.pakv.service import PakvRequest, PakvService
-from enclave.problems import BadRequest, NotReady, problem_middleware
+from enclave.problems import BadRequest, NotReady, RequestTimeout, problem_middleware
 
 PAKV_SERVICE = web.AppKey("pakv_service", PakvService)
 
@@ -42,7 +44,8 @@ def pakv_routes(service: PakvService | None = None) -> list[web.RouteDef]:
 
 
 async def _answer(service: PakvService, request: web.Request) -> web.StreamResponse:
-    body = await _read_body(request, service.config.max_request_bytes)
+    config = service.config
+    body = await _read_body(request, config.max_request_bytes, config.body_read_seconds)
     answer = await service.handle(
         PakvRequest(
             method=request.method,
@@ -59,19 +62,30 @@ async def _answer(service: PakvService, request: web.Request) -> web.StreamRespo
     return response
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
+async def _read_body(request: web.Request, limit: int, seconds: float) -> bytes:
     """The whole body, or its first ``limit + 1`` bytes when it is longer (the service then
-    answers 413). ``read(n)`` returns what has arrived so far, so it is called until the end;
-    a body that cannot be decoded (a bad ``Content-Encoding``) is the client's error."""
-    body = bytearray()
+    answers 413), within ``seconds`` when it is still arriving (408 after: a body sent
+    slowly or never finished must not hold the connection). ``read(n)`` returns what has
+    arrived so far, so it is called until the end; a body that cannot be decoded (a bad
+    ``Content-Encoding``) is the client's error."""
     try:
-        while len(body) <= limit:
-            chunk = await request.content.read(limit + 1 - len(body))
-            if not chunk:
-                break
-            body += chunk
+        if request.content.is_eof():  # all of it is here: no read can wait
+            return await _read_all(request.content, limit)
+        async with asyncio.timeout(seconds):
+            return await _read_all(request.content, limit)
+    except TimeoutError:
+        raise RequestTimeout(f"the body was not received within {seconds:g} s") from None
     except web.RequestPayloadError:
         raise BadRequest("the request body cannot be read as sent") from None
+
+
+async def _read_all(content: StreamReader, limit: int) -> bytes:
+    body = bytearray()
+    while len(body) <= limit:
+        chunk = await content.read(limit + 1 - len(body))
+        if not chunk:
+            break
+        body += chunk
     return bytes(body)
 
 

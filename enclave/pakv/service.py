@@ -191,6 +191,7 @@ class PakvServiceConfig:
     max_sessions: int = 4096
     max_challenges: int = 4096
     max_request_bytes: int = 512 * 1024
+    body_read_seconds: float = 30.0  # HTTP/1.1: a body still arriving after this is a 408
     max_recent_keys: int = 256
 
 

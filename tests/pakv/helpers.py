@@ -14,7 +14,7 @@ from referencing import Registry, Resource
 
 from enclave.attestation.launch import LaunchIdentity
 from enclave.pakv.keyset import KeySet, RotationPolicy, SplitConfig
-from enclave.pakv.service import KmsIdentity, PakvService, ReleasePolicy
+from enclave.pakv.service import KmsIdentity, PakvService, PakvServiceConfig, ReleasePolicy
 from tests.pakv.conftest import GOOD_LAUNCH, Clock, Identity, MemoryStore
 from verifier.policy import Policy
 from verifier.verify import Verifier
@@ -43,6 +43,7 @@ def make_service(
     split: SplitConfig | None = None,
     store: MemoryStore | None = None,
     rotate: bool = True,
+    config: PakvServiceConfig | None = None,
 ) -> tuple[PakvService, KeySet]:
     keys = KeySet(
         store or MemoryStore(),
@@ -60,6 +61,7 @@ def make_service(
         identity=KmsIdentity(sign=identity.key.sign, public_key=identity.public),
         audit=audit,
         clock=clock,
+        config=config or PakvServiceConfig(),
     )
     return service, keys
 

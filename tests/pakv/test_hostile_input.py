@@ -10,7 +10,7 @@ import pytest
 from enclave.pakv.formats import EncryptionKey, FormatError, parse_encryption_keys
 from enclave.pakv.h2server import H2Limits, H2Server
 from enclave.pakv.http import create_pakv_app
-from enclave.pakv.service import PakvRequest
+from enclave.pakv.service import PakvRequest, PakvServiceConfig
 from tests.pakv.conftest import Identity
 from tests.pakv.helpers import Recorder, make_service, real_now_clock
 from verifier.verify import Verifier
@@ -100,6 +100,24 @@ async def test_a_body_that_does_not_decode_is_400(setup) -> None:  # type: ignor
         "/v1alpha/attestation:session", data=b"{}", headers={"Content-Encoding": "gzip"}
     )
     assert response.status == 400
+    assert response.headers["Content-Type"] == PROBLEM
+
+
+async def test_a_body_never_finished_is_408_not_a_connection_held(  # type: ignore[no-untyped-def]
+    aiohttp_client, sim_verifier: Verifier, identity: Identity
+) -> None:
+    config = PakvServiceConfig(body_read_seconds=0.3)
+    service, _ = make_service(sim_verifier, identity, Recorder(), real_now_clock(),
+                              config=config)  # fmt: skip
+    client = await aiohttp_client(create_pakv_app(service))
+
+    async def never_ends() -> AsyncIterator[bytes]:
+        yield b"{"
+        await asyncio.sleep(30)
+
+    async with asyncio.timeout(10):
+        response = await client.post("/v1alpha/attestation:session", data=never_ends())
+    assert response.status == 408
     assert response.headers["Content-Type"] == PROBLEM
 
 
