@@ -83,6 +83,11 @@ class _Side(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        # The receive buffer goes now: the relay and its sides form a reference cycle,
+        # which only the cycle collector frees, late (1,000 closed connections kept
+        # ~130 MB of these buffers alive between collections).
+        self._view = memoryview(b"")
+        self._buffer = bytearray()
         self.relay.side_lost(self, exc)
 
     def pause_writing(self) -> None:

@@ -383,3 +383,34 @@ async def test_client_socket_has_tcp_nodelay(
         sock = side.transport.get_extra_info("socket")
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
     writer.close()
+
+
+async def test_a_closed_connections_buffers_are_freed_without_the_cycle_collector(
+    start_backend: BackendFactory, start_proxy: ProxyFactory
+) -> None:
+    """A relay and its two sides form a reference cycle; their receive buffers (64 KiB
+    each) once stayed until the collector ran: 1,000 closed connections kept ~130 MB."""
+    import gc
+    import tracemalloc
+
+    backend = await start_backend("unix")
+    proxy = await start_proxy(backend.address)
+    gc.collect()
+    gc.disable()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(20):
+            reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
+            writer.write(b"ping")
+            assert await reader.readexactly(4) == b"ping"
+            writer.close()
+            await writer.wait_closed()
+        while proxy.relays:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+        gc.enable()
+    assert kept < 20 * 64 * 1024, f"{kept} bytes kept after 20 closed connections"
