@@ -29,8 +29,8 @@ _TITLES = {
     401: "The request is not authenticated",
     403: "The request is not allowed",
     404: "No such resource",
-    409: "The resource's state does not allow the operation",
     408: "The request was not received in time",
+    409: "The resource's state does not allow the operation",
     413: "The request is too large",
     503: "The service cannot take the request now",
 }

@@ -52,12 +52,11 @@ POST     /v1/verify                                keys.verify                  
 
 from __future__ import annotations
 
-import asyncio
 import json
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from aiohttp import StreamReader, web
+from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from enclave.api.auth import API_STATE, ApiRoutes, ApiState, caller_of
@@ -109,6 +108,7 @@ from enclave.api.views import (
 )
 from enclave.auth.principals import Level
 from enclave.auth.tokens import CNF_KEY, MAX_TOKEN_LIFETIME
+from enclave.http_body import read_whole
 from enclave.keys.material import Ciphertext
 from enclave.keys.metadata import KEY_ID_PATTERN
 from enclave.kms.rotation import MAX_WAIT_SECONDS
@@ -156,33 +156,18 @@ async def read_body(
     whole within ``seconds`` (408 after: a body sent slowly or never finished, which only
     aiohttp lets through, must not hold the connection)."""
     declared = request.content_length
+    too_large = BadInput(f"the body is larger than {limit} bytes", slug="payload-too-large",
+                         status=413)  # fmt: skip
     if declared is not None and declared > limit:
-        raise BadInput(f"the body is larger than {limit} bytes", slug="payload-too-large",
-                       status=413)  # fmt: skip
-    content = request.content
-    if content.is_eof():  # all of it has arrived (always, on the fast path): no wait
-        return await _read_all(content, limit, declared)
+        raise too_large
     try:
-        async with asyncio.timeout(seconds):
-            return await _read_all(content, limit, declared)
+        body = await read_whole(request.content, limit, declared=declared, seconds=seconds)
     except TimeoutError:
         raise BadInput(f"the body was not received within {seconds:g} s",
                        slug="request-timeout", status=408) from None  # fmt: skip
-
-
-async def _read_all(content: StreamReader, limit: int, declared: int | None) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    # ``readany`` directly: ``iter_any`` wraps each chunk in an async iterator step.
-    while chunk := await content.readany():
-        size += len(chunk)
-        if size > limit:
-            raise BadInput(f"the body is larger than {limit} bytes", slug="payload-too-large",
-                           status=413)  # fmt: skip
-        chunks.append(chunk)
-        if size == declared:
-            break  # all of a declared body is here: the next read could only say so
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    if len(body) > limit:
+        raise too_large
+    return body
 
 
 async def body_of(request: web.Request, model: type[M]) -> M:

@@ -7,10 +7,9 @@ its ``Answer`` back. No logic lives here, so this front end and the HTTP/2 one
 
 from __future__ import annotations
 
-import asyncio
+from aiohttp import web
 
-from aiohttp import StreamReader, web
-
+from enclave.http_body import read_whole
 from enclave.pakv.formats import (
     CHALLENGE_PATH,
     KEY_BY_ID_PREFIX,
@@ -63,30 +62,16 @@ async def _answer(service: PakvService, request: web.Request) -> web.StreamRespo
 
 
 async def _read_body(request: web.Request, limit: int, seconds: float) -> bytes:
-    """The whole body, or its first ``limit + 1`` bytes when it is longer (the service then
-    answers 413), within ``seconds`` when it is still arriving (408 after: a body sent
-    slowly or never finished must not hold the connection). ``read(n)`` returns what has
-    arrived so far, so it is called until the end; a body that cannot be decoded (a bad
+    """The whole body, or more than ``limit`` bytes of it (the service then answers 413),
+    within ``seconds`` (408 after); a body that cannot be decoded (a bad
     ``Content-Encoding``) is the client's error."""
     try:
-        if request.content.is_eof():  # all of it is here: no read can wait
-            return await _read_all(request.content, limit)
-        async with asyncio.timeout(seconds):
-            return await _read_all(request.content, limit)
+        return await read_whole(request.content, limit, declared=request.content_length,
+                                seconds=seconds)  # fmt: skip
     except TimeoutError:
         raise RequestTimeout(f"the body was not received within {seconds:g} s") from None
     except web.RequestPayloadError:
         raise BadRequest("the request body cannot be read as sent") from None
-
-
-async def _read_all(content: StreamReader, limit: int) -> bytes:
-    body = bytearray()
-    while len(body) <= limit:
-        chunk = await content.read(limit + 1 - len(body))
-        if not chunk:
-            break
-        body += chunk
-    return bytes(body)
 
 
 def add_pakv_routes(app: web.Application, service: PakvService | None = None) -> None:
